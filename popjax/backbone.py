@@ -1,0 +1,121 @@
+"""The frame encoder: uint8 RGB frames -> ResNet50 penultimate features x_i in R^2048 (paper Sec. 2).
+
+``Backbone.load(dir)`` uses converted ImageNet weights (``popjax convert-weights``) and the preprocessing
+recorded with them; ``Backbone.random(seed)`` is a randomly initialised ResNet50 for the offline demo, and
+says so in ``description`` and ``metadata`` (every output that depends on it records them).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from popjax import parallel
+from popjax.models.resnet import ResNet50
+from popjax.weights import PREPROCESSING, load_backbone
+
+
+def preprocess(frames, spec: Mapping[str, Any], image_size: int = 224):
+    """uint8 RGB [..., H, W, 3] -> float32 [..., S, S, 3] as the weights expect.
+
+    The whole frame is resized to S x S (no crop: explanations must cover every region of the frame),
+    bilinearly with antialiasing, then ``(x[..., order] * scale - mean) / std`` per ``spec``.
+    """
+    x = jnp.asarray(frames, jnp.float32)
+    if x.shape[-3:-1] != (image_size, image_size):
+        x = jax.image.resize(x, x.shape[:-3] + (image_size, image_size, 3), "linear", antialias=True)
+    if spec["channel_order"] == "BGR":
+        x = x[..., ::-1]
+    mean = jnp.asarray(spec["mean"], jnp.float32)
+    std = jnp.asarray(spec["std"], jnp.float32)
+    return (x * spec["scale"] - mean) / std
+
+
+class Backbone:
+    """ResNet50 with its variables and metadata; ``features`` is jit-compiled, batched and sharded
+    over this process's devices."""
+
+    def __init__(self, variables: Mapping, metadata: Mapping, *, dtype=jnp.float32, batch_size: int = 32,
+                 mesh=None):
+        self.metadata = dict(metadata)
+        self.dtype = jnp.dtype(dtype)
+        self.model = ResNet50(variant=self.metadata["variant"], num_classes=self.metadata["num_classes"],
+                              dtype=self.dtype)
+        self.mesh = mesh if mesh is not None else parallel.local_mesh()
+        self.batch_size = parallel.round_up(batch_size, self.mesh.size)
+        self.variables = jax.device_put(
+            {"params": variables["params"], "batch_stats": variables["batch_stats"]},
+            parallel.replicated(self.mesh))
+        self._features = jax.jit(self._forward, out_shardings=parallel.batch_sharding(self.mesh))
+
+    # ------------------------------------------------------------------------------------ constructors
+    @classmethod
+    def load(cls, directory, **kwargs) -> "Backbone":
+        """A backbone converted with ``popjax convert-weights`` (see ``popjax.weights``)."""
+        variables, metadata = load_backbone(directory)
+        metadata["path"] = str(directory)
+        return cls(variables, metadata, **kwargs)
+
+    @classmethod
+    def random(cls, seed: int = 0, *, variant: str = "v1.5", residual_scale_init: float = 1.0,
+               **kwargs) -> "Backbone":
+        """A randomly initialised ResNet50 (He init); NOT ImageNet-pretrained.
+
+        ``residual_scale_init`` is the initial gamma of each block's last BatchNorm; see PROBES.md and the
+        demo corpus for why the demo uses a small value.
+        """
+        model = ResNet50(variant=variant, residual_scale_init=residual_scale_init)
+        variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))
+        metadata = {"arch": "resnet50", "variant": variant, "num_classes": 0, "image_size": 224,
+                    "preprocessing": PREPROCESSING["torch"], "pretrained": False,
+                    "source": {"format": "random", "seed": seed, "residual_scale_init": residual_scale_init}}
+        return cls(variables, metadata, **kwargs)
+
+    def calibrate(self, frames) -> "Backbone":
+        """A copy whose BatchNorm statistics are re-estimated on ``frames`` (one train-mode pass).
+
+        For a random backbone the default statistics (mean 0, variance 1) are meaningless; re-estimating
+        them on frames of the corpus keeps every layer's activations standardised.
+        """
+        model = self.model.clone(bn_momentum=0.0)
+        x = preprocess(np.asarray(frames), self.metadata["preprocessing"], self.metadata["image_size"])
+        _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+            self.variables, x)
+        variables = {"params": self.variables["params"], "batch_stats": updates["batch_stats"]}
+        metadata = {**self.metadata, "source": {**self.metadata["source"], "bn_calibration_frames": len(x)}}
+        return Backbone(jax.device_get(variables), metadata, dtype=self.dtype, batch_size=self.batch_size,
+                        mesh=self.mesh)
+
+    # ------------------------------------------------------------------------------------------- use
+    @property
+    def description(self) -> str:
+        src = self.metadata["source"]
+        if not self.metadata.get("pretrained"):
+            extra = f", BN calibrated on {src['bn_calibration_frames']} frames" if "bn_calibration_frames" in src else ""
+            return (f"random ResNet50 {self.metadata['variant']} (seed {src.get('seed')}, residual scale "
+                    f"{src.get('residual_scale_init')}{extra}); NOT ImageNet-pretrained")
+        return f"ImageNet ResNet50 {self.metadata['variant']} converted from {src['format']} file {src['file']}"
+
+    def preprocess(self, frames):
+        return preprocess(frames, self.metadata["preprocessing"], self.metadata["image_size"])
+
+    def _forward(self, variables, frames):
+        return self.model.apply(variables, self.preprocess(frames))["features"]
+
+    def features(self, frames) -> np.ndarray:
+        """uint8 RGB frames [N, H, W, 3] (any H, W) -> float32 [N, 2048], in batches of ``batch_size``."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected uint8 RGB frames [N, H, W, 3], got {frames.dtype} {frames.shape}")
+        sharding = parallel.batch_sharding(self.mesh)
+        outputs = []
+        for start in range(0, len(frames), self.batch_size):
+            chunk = parallel.pad_batch(frames[start:start + self.batch_size], self.batch_size)
+            outputs.append(self._features(self.variables, jax.device_put(chunk, sharding)))
+        if not outputs:
+            return np.zeros((0, 2048), np.float32)
+        return np.concatenate([np.asarray(o, np.float32) for o in outputs])[:len(frames)]

@@ -1,0 +1,46 @@
+"""Headline encoder (paper Sec. 2, "Headline"): frozen word vectors -> biLSTM -> pooling.
+
+Words w_t are looked up in a frozen table (pre-trained GloVe), kept in the ``frozen`` variable collection so
+that it is checkpointed with the model but never seen by the optimizer. A bidirectional LSTM gives
+h_t = [h_t^fwd; h_t^bwd]. Padded, variable-length headlines are handled exactly: the backward LSTM reads
+each headline's own last word first (``flax.linen.RNN`` with ``seq_lengths``), padding never enters a state.
+
+Pooling: ``last`` (paper's baseline, [11]): d = [h_T^fwd; h_1^bwd], the final states of both directions;
+``attention``: d = sum_t beta_t h_t with the two-layer attention of ``pooling.Attention`` (beta sown as
+``intermediates/.../beta``). An empty headline (length 0) encodes to the zero vector.
+A zero ``perturbations/word_vectors`` is added to the looked-up vectors so that gradient x input word
+importance can be taken with ``jax.grad``.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from popjax.models.pooling import Attention
+
+
+class HeadlineEncoder(nn.Module):
+    vocab_size: int
+    word_dim: int
+    hidden: int = 128
+    pooling: str = "attention"
+    attention_dim: int = 128
+
+    @nn.compact
+    def __call__(self, tokens, lengths):
+        """tokens: int [B, T] (0 = padding), lengths: int [B] -> d: [B, 2 * hidden]."""
+        if self.pooling not in ("last", "attention"):
+            raise ValueError(f"unknown headline pooling {self.pooling!r}; expected 'last' or 'attention'")
+        table = self.variable("frozen", "word_vectors", jnp.zeros, (self.vocab_size, self.word_dim))
+        w = jnp.take(table.value, tokens, axis=0)  # w_t
+        w = self.perturb("word_vectors", w)
+        mask = jnp.arange(tokens.shape[-1]) < lengths[..., None]
+        forward = nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), name="forward")
+        backward = nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), reverse=True, keep_order=True, name="backward")
+        (_, h_fwd_last), h_fwd = forward(w, seq_lengths=lengths, return_carry=True)
+        (_, h_bwd_last), h_bwd = backward(w, seq_lengths=lengths, return_carry=True)
+        if self.pooling == "last":
+            d = jnp.concatenate([h_fwd_last, h_bwd_last], axis=-1)
+            return jnp.where((lengths > 0)[..., None], d, 0.0)
+        h = jnp.concatenate([h_fwd, h_bwd], axis=-1)  # h_t
+        return Attention(self.attention_dim, weights_name="beta", name="attention")(h, mask)

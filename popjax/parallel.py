@@ -1,0 +1,44 @@
+"""Device meshes and sharding: one ``data`` axis over all devices (of all processes, or of this one).
+
+popjax is data-parallel: batches are split along the ``data`` axis, parameters are replicated, and
+``jax.jit`` inserts the collectives. Several hosts join with ``initialize_distributed`` first.
+"""
+from __future__ import annotations
+
+import numpy as np
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D ``data`` mesh over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA,), axis_types=(AxisType.Auto,))
+
+
+def local_mesh() -> Mesh:
+    """A ``data`` mesh over this process's devices only (per-host work such as feature extraction)."""
+    return data_mesh(jax.local_devices())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over ``data``."""
+    return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """Pad the leading axis of ``x`` with zeros up to ``size`` (static shapes for jit)."""
+    if len(x) == size:
+        return x
+    pad = np.zeros((size - len(x),) + x.shape[1:], x.dtype)
+    return np.concatenate([x, pad])

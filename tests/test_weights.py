@@ -1,0 +1,196 @@
+"""ResNet50 weight conversion: numerical parity with Keras applications and a torchvision-named torch
+reference, both with random weights and non-trivial BatchNorm statistics, plus the error cases."""
+import subprocess
+import sys
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from popjax import Backbone
+from popjax.weights import WeightsError, convert, load_backbone
+
+RTOL = 1e-4
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- Keras
+def write_keras2_h5(model, path, include=lambda layer: True):
+    """Save ``model`` in the legacy Keras-2 weights layout of the Keras applications files:
+    attrs layer_names / weight_names, datasets '<layer>/<weight>:0'."""
+    layers = [l for l in model.layers if include(l)]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [l.name.encode() for l in layers]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.2.4"
+        for layer in layers:
+            g = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0" for w in layer.weights]
+            g.attrs["weight_names"] = [n.encode() for n in names]
+            for name, value in zip(names, layer.get_weights()):
+                g.create_dataset(name, data=value)
+
+
+@pytest.fixture(scope="module")
+def keras_case(tmp_path_factory, images):
+    keras = pytest.importorskip("keras")
+    assert keras.backend.backend() == "jax"
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, classifier_activation=None)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.0, n), rng.normal(0, 0.1, n),
+                               rng.normal(0, 0.1, n), rng.uniform(0.5, 2.0, n)])
+    tmp = tmp_path_factory.mktemp("keras")
+    full, notop = tmp / "resnet50_full.h5", tmp / "resnet50_notop.h5"
+    write_keras2_h5(model, full)
+    write_keras2_h5(model, notop, include=lambda l: l.name != "predictions")
+    # The file is in a layout Keras itself loads (by its legacy-h5 reader) to the same function.
+    reloaded = keras.applications.ResNet50(weights=None, classifier_activation=None)
+    reloaded.load_weights(str(full))
+    x = keras.applications.resnet.preprocess_input(images.astype("float32"))
+    logits = np.asarray(model.predict(x, verbose=0))
+    np.testing.assert_array_equal(np.asarray(reloaded.predict(x, verbose=0)), logits)
+    features = np.asarray(keras.Model(model.input, model.get_layer("avg_pool").output).predict(x, verbose=0))
+    return {"full": full, "notop": notop, "logits": logits, "features": features, "tmp": tmp}
+
+
+def test_keras_full_parity(keras_case, images):
+    out = keras_case["tmp"] / "converted_full"
+    meta = convert("keras", keras_case["full"], out)
+    assert meta["variant"] == "v1" and meta["num_classes"] == 1000
+    assert meta["preprocessing"]["name"] == "caffe" and meta["preprocessing"]["channel_order"] == "BGR"
+    backbone = Backbone.load(out)
+    x = backbone.preprocess(images)
+    result = backbone.model.apply(backbone.variables, x)
+    assert rel_err(result["features"], keras_case["features"]) < RTOL
+    assert rel_err(result["logits"], keras_case["logits"]) < RTOL
+    assert rel_err(backbone.features(images), keras_case["features"]) < RTOL
+
+
+def test_keras_notop_via_cli(keras_case, images):
+    out = keras_case["tmp"] / "converted_notop"
+    proc = subprocess.run([sys.executable, "-m", "popjax.cli", "convert-weights", "--format", "keras",
+                           "--input", str(keras_case["notop"]), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    _, meta = load_backbone(out)
+    assert meta["num_classes"] == 0 and meta["variant"] == "v1"
+    assert rel_err(Backbone.load(out).features(images), keras_case["features"]) < RTOL
+
+
+# ---------------------------------------------------------------------------------------------- torch
+@pytest.fixture(scope="module")
+def torch_case(tmp_path_factory, images):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+    from torch_resnet import ResNet50, randomize_batchnorm
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(ResNet50()).eval()
+    tmp = tmp_path_factory.mktemp("torch")
+    torch.save(model.state_dict(), tmp / "resnet50.pth")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "resnet50.safetensors"))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        features, logits = model((x - mean) / std)
+    return {"tmp": tmp, "state_dict": model.state_dict(), "features": features.numpy(), "logits": logits.numpy()}
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_parity(torch_case, images, suffix):
+    out = torch_case["tmp"] / f"converted{suffix}"
+    meta = convert("torchvision", torch_case["tmp"] / f"resnet50{suffix}", out)
+    assert meta["variant"] == "v1.5" and meta["preprocessing"]["name"] == "torch"
+    backbone = Backbone.load(out)
+    result = backbone.model.apply(backbone.variables, backbone.preprocess(images))
+    assert rel_err(result["features"], torch_case["features"]) < RTOL
+    assert rel_err(result["logits"], torch_case["logits"]) < RTOL
+
+
+# --------------------------------------------------------------------------------------------- errors
+def _save_safetensors(tensors, path):
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v.numpy()) for k, v in tensors.items()}, str(path))
+
+
+def test_missing_extra_and_misshapen_tensors_are_named(torch_case, tmp_path):
+    sd = dict(torch_case["state_dict"])
+    del sd["layer3.2.bn2.running_var"]
+    _save_safetensors(sd, tmp_path / "missing.safetensors")
+    with pytest.raises(WeightsError, match=r"missing tensors: batch_stats/conv4_block3/bn2/var"):
+        convert("torchvision", tmp_path / "missing.safetensors", tmp_path / "o1")
+
+    sd = dict(torch_case["state_dict"])
+    sd["layer5.0.conv1.weight"] = sd["layer4.0.conv1.weight"]
+    _save_safetensors(sd, tmp_path / "extra.safetensors")
+    with pytest.raises(WeightsError, match=r"unexpected tensors: layer5\.0\.conv1\.weight"):
+        convert("torchvision", tmp_path / "extra.safetensors", tmp_path / "o2")
+
+    sd = dict(torch_case["state_dict"])
+    sd["layer1.0.conv2.weight"] = sd["layer1.0.conv2.weight"][:, :, :1, :1]
+    _save_safetensors(sd, tmp_path / "shape.safetensors")
+    with pytest.raises(WeightsError, match=r"params/conv2_block1/conv2/kernel \(layer1\.0\.conv2\.weight\) has shape \(1, 1, 64, 64\), "
+                                           r"expected \(3, 3, 64, 64\)"):
+        convert("torchvision", tmp_path / "shape.safetensors", tmp_path / "o3")
+    for name in ("o1", "o2", "o3"):
+        assert not (tmp_path / name).exists()  # nothing half-written
+
+
+def test_wrong_format_and_corrupt_files(torch_case, keras_case, tmp_path):
+    with pytest.raises(WeightsError, match="not a readable HDF5"):
+        convert("keras", torch_case["tmp"] / "resnet50.pth", tmp_path / "a")
+    with pytest.raises(WeightsError, match="not a ResNet50 v1.5"):
+        convert("torchvision", _as_safetensors_of_keras(keras_case, tmp_path), tmp_path / "b")
+    (tmp_path / "junk.pth").write_bytes(b"\x00not a torch file")
+    with pytest.raises(WeightsError, match="not a loadable torch state dict"):
+        convert("torchvision", tmp_path / "junk.pth", tmp_path / "c")
+    with pytest.raises(WeightsError, match="no such file"):
+        convert("keras", tmp_path / "absent.h5", tmp_path / "d")
+    proc = subprocess.run([sys.executable, "-m", "popjax.cli", "convert-weights", "--format", "keras",
+                           "--input", str(tmp_path / "absent.h5"), "--out", str(tmp_path / "e")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def _as_safetensors_of_keras(keras_case, tmp_path):
+    from safetensors.numpy import save_file
+    from popjax.weights import read_keras_h5
+
+    path = tmp_path / "keras_names.safetensors"
+    save_file({k.replace("/", "."): np.ascontiguousarray(v) for k, v in read_keras_h5(keras_case["full"]).items()},
+              str(path))
+    return path
+
+
+def test_pth_is_loaded_without_pickle(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"conv1.weight": torch.zeros(1), "x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="not a loadable torch state dict"):
+        convert("torchvision", tmp_path / "evil.pth", tmp_path / "out")
+
+
+def test_random_backbone_says_so():
+    b = Backbone.random(3)
+    assert "NOT ImageNet-pretrained" in b.description and b.metadata["pretrained"] is False
+    assert jax.tree.leaves(b.variables)[0].dtype == np.float32
