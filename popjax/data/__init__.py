@@ -1,0 +1,1 @@
+"""Data: video frame sampling, headline text, manifests, labels and datasets."""
