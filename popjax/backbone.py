@@ -14,7 +14,7 @@ import numpy as np
 
 from popjax import parallel
 from popjax.models.resnet import ResNet50
-from popjax.weights import PREPROCESSING, load_backbone
+from popjax.weights import FORMAT_VERSION, PREPROCESSING, load_backbone
 
 
 def preprocess(frames, spec: Mapping[str, Any], image_size: int = 224):
@@ -68,7 +68,8 @@ class Backbone:
         """
         model = ResNet50(variant=variant, residual_scale_init=residual_scale_init)
         variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))
-        metadata = {"arch": "resnet50", "variant": variant, "num_classes": 0, "image_size": 224,
+        metadata = {"format_version": FORMAT_VERSION, "arch": "resnet50", "variant": variant, "num_classes": 0,
+                    "image_size": 224,
                     "preprocessing": PREPROCESSING["torch"], "pretrained": False,
                     "source": {"format": "random", "seed": seed, "residual_scale_init": residual_scale_init}}
         return cls(variables, metadata, **kwargs)

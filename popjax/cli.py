@@ -33,6 +33,39 @@ def _frames(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from popjax.data.demo import write_corpus
+
+    manifest = write_corpus(args.out, num_videos=args.videos, seed=args.seed)
+    print(f"SYNTHETIC demo corpus: {args.videos} videos -> {manifest} (truth.jsonl beside it)")
+    return 0
+
+
+def _extract(args) -> int:
+    from popjax.data.manifest import ManifestError
+    from popjax.extract import ExtractError, Settings, extract
+    from popjax.weights import WeightsError
+
+    settings = Settings(num_frames=args.num_frames, seconds=args.seconds, max_words=args.max_words,
+                        workers=args.workers, chunk_videos=args.chunk_videos)
+    try:
+        report = extract(args.manifest, args.out, weights=args.weights, batch_size=args.batch_size,
+                         glove=args.glove, settings=settings, seed=args.seed, dtype=args.dtype,
+                         progress=not args.quiet)
+    except (ManifestError, WeightsError, FileNotFoundError, ExtractError) as e:
+        print(f"popjax extract: error: {e}", file=sys.stderr)
+        return 2
+    if report:  # process 0
+        t = report["throughput"]
+        print(f"extracted {report['extracted']} of {report['manifest_rows']} rows "
+              f"({t['videos_per_s']} videos/s, {t['frames_per_s']} frames/s this run) -> {report['dataset']}")
+        if report["failed"]:
+            print(f"{report['failed']} rows rejected {report['failed_by_reason']}: see {args.out}/errors.jsonl",
+                  file=sys.stderr)
+        return 1 if report["failed"] else 0
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--size", type=int, default=224)
     p.set_defaults(func=_frames)
+
+    p = sub.add_parser("demo", help="write the SYNTHETIC demo corpus (planted visual cue and cue words)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--videos", type=int, default=320)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("extract", help="manifest -> features dataset (TFDS array_record); resumable")
+    p.add_argument("--manifest", required=True, help="CSV or JSONL: id, video, headline, views, followers")
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", help="a `popjax convert-weights` directory (default: random ResNet50, said so)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone compute dtype")
+    p.add_argument("--glove", help="a glove.*.txt file (default: the packaged glove.6B 50-d vectors)")
+    p.add_argument("--num-frames", type=int, default=18)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--max-words", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core)")
+    p.add_argument("--chunk-videos", type=int, default=64, help="videos per resumable cache file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random backbone when no --weights")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_extract)
     return parser
 
 

@@ -42,3 +42,14 @@ def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
         return x
     pad = np.zeros((size - len(x),) + x.shape[1:], x.dtype)
     return np.concatenate([x, pad])
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
+    """Join a multi-process JAX run (one process per host, or several on one machine for tests).
+
+    On CPU the cross-process collectives go through gloo. With no arguments JAX auto-detects the cluster
+    (Cloud TPU, SLURM, ...).
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # affects CPU devices only
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)

@@ -1,0 +1,180 @@
+"""Feature extraction speed: ``popjax extract`` end to end on the synthetic demo corpus, and its two parts.
+
+* end to end: the ``popjax extract`` command in a fresh process (startup, backbone calibration, XLA
+  compilation, decoding + ResNet50, TFDS writing), over the demo corpus's videos;
+* decode only: ``sample_frames`` over the same videos, with as many threads as ``extract`` uses;
+* backbone only: ``Backbone.random(...).features`` on random uint8 frames, after a warm-up call: full
+  batches of ``--batch-size`` frames, and the calls ``extract`` makes (4 videos x N frames per call,
+  padded to whole batches);
+* the bound decoding and the backbone allow together when they share the machine serially,
+  1 / (1/decode + 1/backbone) videos/s, and with perfect overlap, min(decode, backbone).
+
+    python benchmarks/extraction.py [--videos 24] [--quick] [--out benchmarks/out/extraction.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_corpus(directory: Path, videos: int) -> tuple[Path, list[Path]]:
+    from popjax.data.demo import write_corpus
+
+    manifest = write_corpus(directory, num_videos=videos, seed=0)   # idempotent: kept between runs
+    return manifest, sorted((directory / "videos").glob("*.mp4"))[:videos]
+
+
+def end_to_end(manifest: Path, args) -> dict:
+    """``popjax extract`` in a fresh process, into a fresh directory."""
+    out = Path(tempfile.mkdtemp(prefix="popjax-bench-extract-"))
+    cmd = [sys.executable, "-m", "popjax.cli", "extract", "--manifest", str(manifest), "--out", str(out),
+           "--num-frames", str(args.num_frames), "--batch-size", str(args.batch_size),
+           "--workers", str(args.workers), "--quiet"]
+    try:
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"popjax extract failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        report = json.loads((out / "report.json").read_text())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    n, loop = report["extracted"], report["throughput"]
+    return {
+        "videos": n, "wall_s": round(wall, 2), "videos_per_s": round(n / wall, 3),
+        "frames_per_s": round(n * args.num_frames / wall, 2),
+        "loop_s": loop["seconds"], "loop_videos_per_s": loop["videos_per_s"],
+        "loop_frames_per_s": loop["frames_per_s"], "report_seconds_total": report["seconds_total"],
+        "backbone": report["backbone"],
+    }
+
+
+def decode_only(videos: list[Path], args) -> dict:
+    """``sample_frames`` over ``videos`` with ``workers`` threads (as ``extract`` runs them)."""
+    from popjax.data.video import sample_frames
+
+    workers = args.workers or os.cpu_count() or 1
+
+    def one(path):
+        return sample_frames(path, args.num_frames, 6.0, 224)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, videos[:workers]))   # page cache, ffmpeg binary
+        times = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            list(pool.map(one, videos))
+            times.append(time.perf_counter() - t)
+    wall = statistics.median(times)
+    return {"videos": len(videos), "workers": workers, "runs": args.runs, "wall_s": round(wall, 3),
+            "videos_per_s": round(len(videos) / wall, 3),
+            "frames_per_s": round(len(videos) * args.num_frames / wall, 2)}
+
+
+def backbone_only(args) -> dict:
+    """Random ResNet50 features on random uint8 frames: full batches, and extract's call pattern."""
+    import jax
+
+    from popjax.backbone import Backbone
+    from popjax.extract import Settings
+
+    backbone = Backbone.random(0, batch_size=args.batch_size)
+    rng = np.random.default_rng(0)
+    t = time.perf_counter()
+    backbone.features(rng.integers(0, 256, (backbone.batch_size, 224, 224, 3), np.uint8))   # compile
+    first_call = time.perf_counter() - t
+
+    def rate(frames_per_call: int, calls: int) -> tuple[float, float]:
+        frames = rng.integers(0, 256, (frames_per_call, 224, 224, 3), np.uint8)
+        backbone.features(frames)   # warm
+        t = time.perf_counter()
+        for _ in range(calls):
+            backbone.features(frames)
+        wall = time.perf_counter() - t
+        return frames_per_call * calls / wall, wall
+
+    full_fps, full_wall = rate(backbone.batch_size, args.backbone_calls)
+    per_call = Settings().batch_videos * args.num_frames   # what featurize hands to Backbone.features
+    padded = -(-per_call // backbone.batch_size) * backbone.batch_size
+    pattern_fps, _ = rate(per_call, max(1, args.backbone_calls * backbone.batch_size // per_call))
+    return {
+        "platform": jax.default_backend(), "devices": jax.device_count(), "batch_size": backbone.batch_size,
+        "first_call_s": round(first_call, 2), "calls": args.backbone_calls, "wall_s": round(full_wall, 3),
+        "frames_per_s": round(full_fps, 2), "videos_per_s": round(full_fps / args.num_frames, 3),
+        "extract_call_frames": per_call, "extract_call_padded_to": padded,
+        "extract_pattern_frames_per_s": round(pattern_fps, 2),
+        "extract_pattern_videos_per_s": round(pattern_fps / args.num_frames, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--num-frames", type=int, default=18)
+    parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone call (as extract's)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core, as extract)")
+    parser.add_argument("--runs", type=int, default=3, help="decode-only repetitions (median)")
+    parser.add_argument("--backbone-calls", type=int, default=8, help="timed full-batch backbone calls")
+    parser.add_argument("--corpus", default="benchmarks/out/demo_corpus", help="kept between runs")
+    parser.add_argument("--quick", action="store_true", help="8 videos, 1 decode run, 3 backbone calls")
+    parser.add_argument("--out", default="benchmarks/out/extraction.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.videos, args.runs, args.backbone_calls = min(args.videos, 8), 1, 3
+
+    manifest, videos = demo_corpus(Path(args.corpus).absolute(), args.videos)
+    e2e = end_to_end(manifest, args)          # first: its own process, nothing else running
+    dec = decode_only(videos, args)
+    bb = backbone_only(args)
+    serial = 1 / (1 / dec["videos_per_s"] + 1 / bb["videos_per_s"])
+    bound = {"serial_videos_per_s": round(serial, 3), "serial_frames_per_s": round(serial * args.num_frames, 2),
+             "overlap_videos_per_s": round(min(dec["videos_per_s"], bb["videos_per_s"]), 3),
+             "end_to_end_over_serial": round(e2e["videos_per_s"] / serial, 3),
+             "loop_over_serial": round(e2e["loop_videos_per_s"] / serial, 3)}
+
+    rows = [
+        ("end to end (popjax extract, wall)", e2e["videos_per_s"], e2e["frames_per_s"], f"{e2e['wall_s']} s"),
+        ("  its decode+encode loop", e2e["loop_videos_per_s"], e2e["loop_frames_per_s"],
+         f"{e2e['loop_s']} s, 1st compile incl."),
+        ("decode only (sample_frames)", dec["videos_per_s"], dec["frames_per_s"], f"{dec['workers']} threads"),
+        ("backbone only (full batches)", bb["videos_per_s"], bb["frames_per_s"],
+         f"batch {bb['batch_size']}, {bb['platform']}"),
+        ("backbone, extract's calls", bb["extract_pattern_videos_per_s"], bb["extract_pattern_frames_per_s"],
+         f"{bb['extract_call_frames']} frames -> {bb['extract_call_padded_to']}"),
+        ("bound 1/(1/decode+1/backbone)", bound["serial_videos_per_s"], bound["serial_frames_per_s"], ""),
+        ("bound min(decode, backbone)", bound["overlap_videos_per_s"],
+         round(bound["overlap_videos_per_s"] * args.num_frames, 2), "perfect overlap"),
+    ]
+    print(f"{args.videos} demo videos, N = {args.num_frames} frames, {os.cpu_count()} CPUs")
+    print(f"{'':36s} {'videos/s':>9s} {'frames/s':>9s}  note")
+    for name, v, f, note in rows:
+        print(f"{name:36s} {v:9.3f} {f:9.2f}  {note}")
+
+    doc = {
+        "what": "popjax extract on the SYNTHETIC demo corpus (random ResNet50): end to end vs its parts",
+        "videos": args.videos, "num_frames": args.num_frames, "batch_size": args.batch_size,
+        "quick": args.quick, "cpus": os.cpu_count(), "machine": platform.platform(),
+        "end_to_end": e2e, "decode_only": dec, "backbone_only": bb, "bound": bound,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
