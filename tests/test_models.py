@@ -132,7 +132,8 @@ def _param_paths(tree, prefix=""):
 
 def _variant_params(modality, frames, words):
     model = build_model(modality, frame_pooling_kind=frames, headline_pooling=words, vocab_size=10, word_dim=4,
-                        frame_embed_dim=16, attention_dim=8, lstm_hidden=6, head_hidden=12)
+                        frame_embed_dim=16, frame_attention_dim=8, lstm_hidden=6, word_attention_dim=8,
+                        head_hidden=12)
     batch = {"features": jnp.zeros((2, 18, 2048)), "tokens": jnp.zeros((2, 5), jnp.int32),
              "lengths": jnp.array([5, 3])}
     return _param_paths(jax.eval_shape(model.init, jax.random.key(0), batch)["params"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from popjax.models.headline import HeadlineEncoder
@@ -23,22 +24,36 @@ from popjax.models.pooling import frame_pooling
 MODALITIES = ("video", "headline", "multimodal")
 
 
+def dropout(x, rate, rng):
+    """Inverted dropout whose ``rate`` may be a traced value (so trials can be vmapped over it)."""
+    keep = 1.0 - rate
+    return jnp.where(jax.random.bernoulli(rng, keep, x.shape), x / keep, 0.0)
+
+
 class Head(nn.Module):
+    """Two-layer network: z = ReLU(BN?(W_1 e + b_1)), logits = W_2 z + b_2, with dropout on e and z.
+
+    Dropout rates may be traced arrays (vmapped hyperparameter search); ``batch_norm`` changes the
+    parameter tree, so it is static.
+    """
+
     hidden: int = 128
-    input_dropout: float = 0.0
-    dropout: float = 0.0
+    input_dropout: float | jax.Array = 0.0
+    dropout: float | jax.Array = 0.0
     batch_norm: bool = False
     num_classes: int = 2
 
     @nn.compact
     def __call__(self, e, train: bool = False):
-        e = nn.Dropout(self.input_dropout, deterministic=not train)(e)
+        if train:
+            e = dropout(e, self.input_dropout, self.make_rng("dropout"))
         z = nn.Dense(self.hidden, name="hidden")(e)
         if self.batch_norm:
             z = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(z)
         z = nn.relu(z)
         self.sow("intermediates", "embedding", z)
-        z = nn.Dropout(self.dropout, deterministic=not train)(z)
+        if train:
+            z = dropout(z, self.dropout, self.make_rng("dropout"))
         return nn.Dense(self.num_classes, name="logits")(z)
 
 
@@ -67,15 +82,16 @@ class PopularityModel(nn.Module):
 
 def build_model(modality: str, *, frame_pooling_kind: str = "attention", headline_pooling: str = "attention",
                 vocab_size: int = 2, word_dim: int = 50, frame_embed_dim: int = 256,
-                attention_dim: int = 128, lstm_hidden: int = 128, head_hidden: int = 128,
+                frame_attention_dim: int = 128, lstm_hidden: int = 128, word_attention_dim: int = 128,
+                head_hidden: int = 128,
                 input_dropout: float = 0.0, dropout: float = 0.0, batch_norm: bool = False) -> PopularityModel:
     """One Table-1 model from plain hyperparameters (configs map onto these arguments)."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-    video = frame_pooling(frame_pooling_kind, frame_embed_dim, attention_dim) if modality != "headline" else None
+    video = frame_pooling(frame_pooling_kind, frame_embed_dim, frame_attention_dim) if modality != "headline" else None
     headline = None
     if modality != "video":
         headline = HeadlineEncoder(vocab_size=vocab_size, word_dim=word_dim, hidden=lstm_hidden,
-                                   pooling=headline_pooling, attention_dim=attention_dim)
+                                   pooling=headline_pooling, attention_dim=word_attention_dim)
     head = Head(hidden=head_hidden, input_dropout=input_dropout, dropout=dropout, batch_norm=batch_norm)
     return PopularityModel(head=head, video_encoder=video, headline_encoder=headline)
