@@ -47,7 +47,7 @@ class Head(nn.Module):
     def __call__(self, e, train: bool = False):
         if train:
             e = dropout(e, self.input_dropout, self.make_rng("dropout"))
-        z = nn.Dense(self.hidden, name="hidden")(e)
+        z = nn.Dense(self.hidden, use_bias=not self.batch_norm, name="hidden")(e)  # BN has its own shift
         if self.batch_norm:
             z = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(z)
         z = nn.relu(z)

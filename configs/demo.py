@@ -1,0 +1,28 @@
+"""The built-in demo (what `python train.py` runs with no flags), on a SYNTHETIC corpus:
+
+demo corpus -> features (random ResNet50 unless demo.weights is set) -> the six Table-1 variants
+(search + seeds) -> table1.md/json -> explanations of a few test videos + faithfulness.json.
+"""
+from configs import table1
+
+
+def get_config():
+    config = table1.get_config()
+    config.kind = "demo"
+    config.demo = dict(num_videos=320, seed=0, weights="", batch_size=32, explain_examples=3)
+    # Small, fast settings for a 2-core laptop: search only the numbers that share one compiled program.
+    config.search.num_trials = 6
+    config.search.space = dict(
+        learning_rate=("log_uniform", 3e-4, 3e-3), weight_decay=("log_uniform", 1e-5, 1e-3),
+        input_dropout=("uniform", 0.0, 0.3), dropout=("uniform", 0.0, 0.5))
+    config.search.train = dict(num_epochs=30)
+    config.train.num_seeds = 3
+    config.train.batch_size = 32
+    config.train.num_epochs = 40
+    config.train.patience = 12
+    config.model.frame_embed_dim = 128
+    config.model.frame_attention_dim = 64
+    config.model.lstm_hidden = 64
+    config.model.word_attention_dim = 64
+    config.model.head_hidden = 64
+    return config

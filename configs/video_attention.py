@@ -1,0 +1,12 @@
+"""Table 1, video frames: + attention.
+
+python train.py --config configs/video_attention.py --workdir W --config.data.features=FEATURES_DIR
+"""
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model.modality = 'video'
+    config.model.frame_pooling = 'attention'
+    return config

@@ -1,0 +1,277 @@
+"""Experiments: one configuration into a work directory, and the paper's Table 1 (six variants).
+
+``train_and_evaluate(config, workdir)`` (what ``python train.py --config configs/NAME.py`` runs):
+features dataset -> optional random search on validation -> the chosen hyperparameters trained with
+several seeds (vmapped) -> the best-validation seed is the run's model (``checkpoints/best``) ->
+``metrics.json`` with its validation and test accuracy and Spearman, and the mean/std over seeds.
+
+Multimodal runs use *trained* unimodal encoders (paper: "We concatenate previously trained video and text
+embeddings"): from ``config.multimodal.{video,headline}_workdir``, or trained first under
+``workdir/encoders/`` when those are empty. Only the head is trained unless ``config.multimodal.finetune``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from popjax import search, training
+from popjax.data import dataset
+
+# The six rows of the paper's Table 1: model settings, and for multimodal rows the unimodal rows whose
+# trained encoders they combine.
+VARIANTS = {
+    "video_mean": {"modality": "video", "frame_pooling": "mean"},
+    "video_attention": {"modality": "video", "frame_pooling": "attention"},
+    "headline_lstm": {"modality": "headline", "headline_pooling": "last"},
+    "headline_attention": {"modality": "headline", "headline_pooling": "attention"},
+    "multimodal": {"modality": "multimodal", "frame_pooling": "mean", "headline_pooling": "last"},
+    "multimodal_attention": {"modality": "multimodal", "frame_pooling": "attention", "headline_pooling": "attention"},
+}
+ENCODER_SOURCES = {"multimodal": ("video_mean", "headline_lstm"),
+                   "multimodal_attention": ("video_attention", "headline_attention")}
+PAPER_TABLE1 = {  # accuracy %, Spearman, on the paper's 37k Facebook videos
+    "video_mean": (68.17, 0.524), "video_attention": (68.87, 0.526), "headline_lstm": (69.47, 0.542),
+    "headline_attention": (68.70, 0.525), "multimodal": (71.94, 0.612), "multimodal_attention": (72.72, 0.607)}
+FRAME_POOLINGS = ("mean", "attention")
+HEADLINE_POOLINGS = ("last", "attention")
+VIDEO_KEYS = ("frame_pooling", "frame_embed_dim", "frame_attention_dim")
+HEADLINE_KEYS = ("headline_pooling", "lstm_hidden", "word_attention_dim")
+
+
+# --------------------------------------------------------------------------------------------- data
+def load_data(features_dir, modality: str) -> dict:
+    """Splits as model inputs, the frozen word vectors and the dataset's metadata."""
+    features_dir = Path(features_dir)
+    meta = dataset.read_metadata(features_dir)
+    data = {}
+    for split in dataset.SPLITS:
+        arrays = dataset.load_split(features_dir, split)
+        if not arrays:
+            raise ValueError(f"{features_dir}: the {split!r} split is empty; training needs train, val and test")
+        data[split] = training.model_inputs(arrays, modality)
+    vectors = np.load(features_dir / meta["word_vectors"], allow_pickle=False)
+    frozen = {"headline_encoder": {"word_vectors": vectors}} if modality != "video" else {}
+    return {"splits": data, "meta": meta, "frozen": frozen, "vocab_size": int(vectors.shape[0]),
+            "word_dim": int(vectors.shape[1])}
+
+
+# -------------------------------------------------------------------------------------- model files
+def save_model(workdir, variables: Mapping, info: Mapping, step: int) -> None:
+    """The run's model into ``workdir/checkpoints/best`` (an orbax CheckpointManager that keeps the
+    best-by-validation checkpoint): variables (params, batch_stats, frozen) + model info (JSON)."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max",
+                                           create=True)
+    with ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints" / "best", options=options) as mngr:
+        score = info["val"]["accuracy"] + 1e-3 * (0.0 if math.isnan(info["val"]["spearman"]) else info["val"]["spearman"])
+        mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(dict(variables)),
+                                                info=ocp.args.JsonSave(_jsonable(info))),
+                  metrics={"score": score}, force=True)
+        mngr.wait_until_finished()
+
+
+def load_model(workdir) -> tuple[Any, dict, dict]:
+    """(PopularityModel, variables, info) of a trained work directory."""
+    import orbax.checkpoint as ocp
+
+    path = Path(workdir).absolute() / "checkpoints" / "best"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{workdir}: no trained model (checkpoints/best); run train.py first")
+    with ocp.CheckpointManager(path) as mngr:
+        step = mngr.best_step() if mngr.best_step() is not None else mngr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{path}: no finished checkpoint")
+        restored = mngr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
+                                                              info=ocp.args.JsonRestore()))
+    info = dict(restored["info"])
+    model = training.make_model(info["static"], info["vocab_size"], info["word_dim"])
+    return model, jax.tree.map(np.asarray, dict(restored["variables"])), info
+
+
+# ---------------------------------------------------------------------------------------- one config
+def train_and_evaluate(config, workdir) -> dict:
+    """Train and evaluate one configuration (see module docstring); returns what ``metrics.json`` holds."""
+    t_start = time.time()
+    check_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / "config.json", config.to_dict())
+    modality = config.model.modality
+    data = load_data(config.data.features, modality)
+    fit_kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
+                      train_cfg=config.train.to_dict(), progress=config.get("progress", True))
+    base = {**config.model.to_dict(), **config.hparams.to_dict(), "seed": config.train.first_seed}
+
+    encoders, freeze = None, ()
+    if modality == "multimodal":
+        encoders, fixed = _trained_encoders(config, workdir)
+        base.update(fixed)
+        freeze = () if config.multimodal.finetune else training.ENCODERS
+
+    chosen = base
+    if config.search.num_trials > 0:
+        chosen = _search(config, workdir, base, data, encoders, freeze, fit_kwargs,
+                         fixed=fixed if encoders else {})
+    seeds = [{**chosen, "seed": config.train.first_seed + k} for k in range(config.train.num_seeds)]
+    fit = training.fit(data["splits"], search.static_part(chosen), seeds, workdir=workdir,
+                       encoders=encoders, freeze=freeze,
+                       log=_logger(workdir / "log.jsonl"), **fit_kwargs)
+    t = fit.select()
+    variables = {**fit.trial_variables(t), "frozen": data["frozen"]}
+    info = {"static": search.static_part(chosen), "hparams": seeds[t], "vocab_size": data["vocab_size"],
+            "word_dim": data["word_dim"], "features": str(Path(config.data.features).absolute()),
+            "backbone": data["meta"].get("backbone"), "val": fit.val[t], "test": fit.test[t],
+            "best_epoch": fit.best_epoch[t]}
+    save_model(workdir, variables, info, step=fit.best_epoch[t])
+    summary = {
+        "val": fit.val[t], "test": fit.test[t], "selected_seed": seeds[t]["seed"], "best_epoch": fit.best_epoch[t],
+        "seeds": _seed_summary(fit), "hparams": seeds[t], "epochs_run": fit.epochs_run,
+        "devices": jax.device_count(), "processes": jax.process_count(),
+        "backbone": data["meta"].get("backbone"), "seconds": round(time.time() - t_start, 1)}
+    _write_json(workdir / "metrics.json", summary)
+    return summary
+
+
+def check_config(config) -> None:
+    """Fail fast, before any data is read or anything trained, on settings that cannot work."""
+    from popjax.models import MODALITIES
+
+    m = config.model
+    if m.modality not in MODALITIES:
+        raise ValueError(f"config.model.modality = {m.modality!r}: unknown modality; expected one of {MODALITIES}")
+    if m.modality != "headline" and m.frame_pooling not in FRAME_POOLINGS:
+        raise ValueError(f"config.model.frame_pooling = {m.frame_pooling!r}: unknown frame pooling; "
+                         f"expected one of {FRAME_POOLINGS}")
+    if m.modality != "video" and m.headline_pooling not in HEADLINE_POOLINGS:
+        raise ValueError(f"config.model.headline_pooling = {m.headline_pooling!r}: unknown headline pooling; "
+                         f"expected one of {HEADLINE_POOLINGS}")
+    if not config.data.features:
+        raise ValueError("config.data.features is empty: point it at a dataset made by `popjax extract`")
+    if config.search.num_trials > 0:
+        search.check_space(config.search.space.to_dict())
+
+
+def _trained_encoders(config, workdir) -> tuple[dict, dict]:
+    """Encoder parameter subtrees from the trained unimodal models, and the settings they fix."""
+    sources = {}
+    for kind in ("video", "headline"):
+        src = config.multimodal.get(f"{kind}_workdir") or ""
+        if not src:  # train the unimodal model first, as the paper does
+            src = workdir / "encoders" / kind
+            if not (Path(src) / "metrics.json").is_file():
+                sub = config.copy_and_resolve_references()
+                sub.model.modality = kind
+                sub.search.num_trials = 0
+                train_and_evaluate(sub, src)
+        sources[kind] = src
+    encoders, fixed = {}, {}
+    for kind, keys in (("video", VIDEO_KEYS), ("headline", HEADLINE_KEYS)):
+        _, variables, info = load_model(sources[kind])
+        name = f"{kind}_encoder"
+        encoders[name] = variables["params"].get(name, {})
+        fixed.update({k: info["static"][k] for k in keys})
+    return encoders, fixed
+
+
+def _search(config, workdir, base, data, encoders, freeze, fit_kwargs, fixed) -> dict:
+    path = workdir / "search.json"
+    if path.is_file():
+        return json.loads(path.read_text())["best"]
+    trials = search.sample_trials(base, config.search.space.to_dict(), config.search.num_trials, config.search.seed)
+    trials = [{**tr, **fixed} for tr in trials]  # plugged encoders fix their own sizes
+    cfg = {**fit_kwargs, "train_cfg": {**fit_kwargs["train_cfg"], **config.search.get("train", {})}}
+    results = search.run_trials(trials, data["splits"], workdir=workdir / "search", encoders=encoders,
+                                freeze=freeze, **cfg)
+    best = search.best_trial(results)
+    _write_json(path, {"best": best, "trials": results})
+    return best
+
+
+def _seed_summary(fit: training.FitResult) -> dict:
+    out = {"seed": [tr["seed"] for tr in fit.trials]}
+    for split, results in (("val", fit.val), ("test", fit.test)):
+        for metric in ("accuracy", "spearman"):
+            values = [r[metric] if r else math.nan for r in results]
+            mean, std = search.mean_std(values)
+            out[f"{split}_{metric}"] = values
+            out[f"{split}_{metric}_mean"], out[f"{split}_{metric}_std"] = mean, std
+    return out
+
+
+# --------------------------------------------------------------------------------------------- Table 1
+def table1(config, workdir) -> dict:
+    """All six variants (search + seeds each) and ``table1.md`` / ``table1.json`` beside the paper's numbers."""
+    workdir = Path(workdir)
+    unknown = [name for name in config.variants if name not in VARIANTS]
+    if unknown:  # before training anything
+        raise ValueError(f"unknown Table-1 variant(s) {unknown}; expected some of {list(VARIANTS)}")
+    rows = []
+    for name in config.variants:
+        sub = config.copy_and_resolve_references()
+        with sub.unlocked():
+            sub.model.update(VARIANTS[name])
+            if name in ENCODER_SOURCES:
+                video, headline = ENCODER_SOURCES[name]
+                sub.multimodal.video_workdir = str(workdir / video) if video in config.variants else ""
+                sub.multimodal.headline_workdir = str(workdir / headline) if headline in config.variants else ""
+        result = _cached_metrics(workdir / name) or train_and_evaluate(sub, workdir / name)
+        s = result["seeds"]
+        rows.append({"variant": name, "accuracy": s["test_accuracy_mean"], "accuracy_std": s["test_accuracy_std"],
+                     "spearman": s["test_spearman_mean"], "spearman_std": s["test_spearman_std"],
+                     "seeds": len(s["seed"])})
+    table = {"rows": rows, "paper": {k: {"accuracy": a / 100, "spearman": r} for k, (a, r) in PAPER_TABLE1.items()}}
+    _write_json(workdir / "table1.json", table)
+    _write_text(workdir / "table1.md", format_table1(table))
+    return table
+
+
+def format_table1(table: Mapping) -> str:
+    lines = ["| Variant | Acc [%] | Spearman | Paper acc [%] | Paper Spearman | seeds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in table["rows"]:
+        paper = table["paper"].get(r["variant"], {})
+        lines.append(f"| {r['variant']} | {100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f} "
+                     f"| {r['spearman']:.3f} ± {r['spearman_std']:.3f} "
+                     f"| {100 * paper.get('accuracy', math.nan):.2f} | {paper.get('spearman', math.nan):.3f} "
+                     f"| {r['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cached_metrics(workdir: Path) -> dict | None:
+    path = workdir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic write, by process 0 only: with several processes (one work directory on a shared filesystem)
+    every process computes the same content, and two writers would race on the temporary file."""
+    if jax.process_index() != 0:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(Path(path), json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def _logger(path: Path):
+    def log(record: dict) -> None:
+        if jax.process_index() == 0:
+            with open(path, "a") as f:
+                f.write(json.dumps(_jsonable(record)) + "\n")
+    return log

@@ -1,0 +1,348 @@
+"""Training and evaluation of the popularity models (paper Sec. 2-3).
+
+Two-class cross-entropy, optax AdamW with warm-up + cosine decay, jit-compiled steps, data-parallel over a
+``jax.sharding.Mesh`` of every device of every process (batch split on ``data``, parameters replicated).
+
+Several *trials* (hyperparameter settings and seeds that share parameter shapes) train together: their
+states are stacked on a leading axis and the steps are ``jax.vmap``-ed over it, so a random search or a
+set of seeds costs one compiled program. A single run is one trial.
+
+Runs are deterministic: the data order of epoch e comes from ``(data_seed, e)`` and every random number of a
+trial from its own seed. The full state is checkpointed with orbax at the end of each epoch
+(``checkpoints/latest``), so a killed run resumes exactly; the best-by-validation model is kept in
+``checkpoints/best``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from popjax import metrics, parallel
+from popjax.models import build_model
+
+# Hyperparameters that change parameter shapes or structure (one compiled program per value) ...
+STATIC_KEYS = ("modality", "frame_pooling", "headline_pooling", "frame_embed_dim", "frame_attention_dim",
+               "lstm_hidden", "word_attention_dim", "head_hidden", "batch_norm")
+# ... and those that are plain numbers, vmapped over within a program.
+TRACED_KEYS = ("learning_rate", "weight_decay", "input_dropout", "dropout", "seed")
+ENCODERS = ("video_encoder", "headline_encoder")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def model_inputs(arrays: Mapping[str, np.ndarray], modality: str) -> dict[str, np.ndarray]:
+    """The arrays a model of ``modality`` reads, plus what the loss and metrics need."""
+    keys = ["label", "normalized_views"]
+    if modality != "headline":
+        keys.append("features")
+    if modality != "video":
+        keys += ["tokens", "length"]
+    out = {k: arrays[k] for k in keys}
+    if "length" in out:
+        out["lengths"] = out.pop("length")
+    return out
+
+
+def batch_indices(n: int, batch_size: int, shuffle_seed: int | None = None, epoch: int = 0):
+    """Yield (indices, weights) of static size ``batch_size``; the last batch is padded with weight 0.
+
+    With ``shuffle_seed`` the order is a permutation drawn from ``(shuffle_seed, epoch)``: the same on every
+    process and on every rerun.
+    """
+    order = np.arange(n)
+    if shuffle_seed is not None:
+        order = np.random.default_rng([shuffle_seed, epoch]).permutation(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        weights = np.zeros(batch_size, np.float32)
+        weights[:len(idx)] = 1.0
+        yield np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)]), weights
+
+
+def global_batch(arrays: Mapping[str, np.ndarray], idx, weights, mesh) -> dict[str, jax.Array]:
+    """Gather a batch on the host and lay it out over the mesh's ``data`` axis.
+
+    Every process holds the whole (small) features table and builds only the shards of its own devices,
+    so one code path serves one device, many devices and many hosts.
+    """
+    sharding = parallel.batch_sharding(mesh)
+    host = {k: np.asarray(v[idx]) for k, v in arrays.items()}
+    if "features" in host:
+        host["features"] = host["features"].astype(np.float32)
+    host["weight"] = weights
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i]) for k, v in host.items()}
+
+
+# ------------------------------------------------------------------------------------------- model
+def make_model(static: Mapping[str, Any], vocab_size: int, word_dim: int, hp: Mapping | None = None):
+    hp = hp or {}
+    return build_model(
+        static["modality"], frame_pooling_kind=static["frame_pooling"], headline_pooling=static["headline_pooling"],
+        vocab_size=vocab_size, word_dim=word_dim, frame_embed_dim=static["frame_embed_dim"],
+        frame_attention_dim=static["frame_attention_dim"], lstm_hidden=static["lstm_hidden"],
+        word_attention_dim=static["word_attention_dim"], head_hidden=static["head_hidden"],
+        batch_norm=static["batch_norm"], input_dropout=hp.get("input_dropout", 0.0), dropout=hp.get("dropout", 0.0))
+
+
+def _adamw_cosine(learning_rate, weight_decay, *, total_steps: int, warmup_steps: int):
+    warmup_steps = max(warmup_steps, 1)
+    shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps, max(total_steps, warmup_steps + 1), 0.0)
+    return optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(weight_decay),
+                       optax.scale_by_schedule(shape), optax.scale(-learning_rate))
+
+
+def make_optimizer(params, *, total_steps: int, warmup_steps: int, learning_rate=1e-3, weight_decay=0.0,
+                   freeze: Sequence[str] = ()) -> optax.GradientTransformation:
+    """AdamW + warm-up/cosine; ``learning_rate`` and ``weight_decay`` live in the optimizer state (so they
+    can differ per vmapped trial). Top-level submodules named in ``freeze`` get no updates."""
+    tx = optax.inject_hyperparams(_adamw_cosine, static_args=("total_steps", "warmup_steps"))(
+        learning_rate=learning_rate, weight_decay=weight_decay, total_steps=total_steps, warmup_steps=warmup_steps)
+    if not freeze:
+        return tx
+    labels = {k: jax.tree.map(lambda _: "frozen" if k in freeze else "train", v) for k, v in params.items()}
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key: checkpointable
+
+
+def plug_encoders(params: Mapping, encoders: Mapping) -> dict:
+    """Functional parameter surgery: replace the encoder subtrees of ``params`` by trained ones."""
+    params = dict(params)
+    for name, subtree in encoders.items():
+        if not jax.tree.leaves(subtree) and not jax.tree.leaves(params.get(name, {})):
+            continue  # nothing learned (mean pooling)
+        if name not in params:
+            raise ValueError(f"this model has no {name!r} to plug trained parameters into")
+        if jax.tree.structure(params[name]) != jax.tree.structure(subtree) or any(
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(subtree))):
+            raise ValueError(f"trained {name!r} parameters do not fit this model (different sizes or pooling)")
+        params[name] = subtree
+    return params
+
+
+@dataclasses.dataclass
+class Program:
+    """The compiled functions of one group of trials sharing ``static`` hyperparameters."""
+
+    static: dict
+    vocab_size: int
+    word_dim: int
+    total_steps: int
+    warmup_steps: int
+    freeze: tuple = ()
+
+    def model(self, hp=None):
+        return make_model(self.static, self.vocab_size, self.word_dim, hp)
+
+    def init(self, hp, sample, frozen, encoders=None) -> TrainState:
+        key = jax.random.PRNGKey(hp["seed"])
+        k_init, k_drop, k_state = jax.random.split(key, 3)
+        variables = self.model(hp).init({"params": k_init, "dropout": k_drop}, sample)
+        params = variables["params"]
+        if encoders:
+            params = plug_encoders(params, encoders)
+        tx = make_optimizer(params, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                            learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"], freeze=self.freeze)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=k_state)
+
+    def train_step(self, state: TrainState, batch, hp, frozen):
+        model = self.model(hp)
+        rng, k_drop = jax.random.split(state.rng)
+
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats, "frozen": frozen}
+            logits, updates = model.apply(variables, batch, train=True, rngs={"dropout": k_drop},
+                                          mutable=["batch_stats"])
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+            return jnp.sum(ce * batch["weight"]) / jnp.maximum(jnp.sum(batch["weight"]), 1.0), updates
+
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # Any optimizer object of the same structure applies the state's own hyperparameters.
+        tx = make_optimizer(state.params, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                            freeze=self.freeze)
+        deltas, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, deltas),
+                            batch_stats=updates.get("batch_stats", state.batch_stats), opt_state=opt_state, rng=rng)
+        return new, loss
+
+    def predict(self, params, batch_stats, batch, frozen):
+        """P(popular) for each video of the batch."""
+        logits = self.model().apply({"params": params, "batch_stats": batch_stats, "frozen": frozen}, batch)
+        return jax.nn.softmax(logits)[:, 1]
+
+
+# ----------------------------------------------------------------------------------------- fitting
+@dataclasses.dataclass
+class FitResult:
+    trials: list[dict]            # the hyperparameters of each trial
+    val: list[dict]               # best validation metrics per trial
+    test: list[dict]              # test metrics of each trial's best-validation parameters
+    best_epoch: list[int]         # 1-based epoch of each trial's best validation score
+    params: Any                   # stacked best parameters [T, ...]
+    batch_stats: Any
+    history: list[dict]
+    epochs_run: int
+
+    def select(self) -> int:
+        """Index of the trial with the best validation metrics."""
+        return max(range(len(self.val)), key=lambda t: metrics.selection_key(self.val[t]))
+
+    def trial_variables(self, t: int) -> dict:
+        take = lambda tree: jax.tree.map(lambda x: np.asarray(x[t]), tree)  # noqa: E731
+        return {"params": take(self.params), "batch_stats": take(self.batch_stats)}
+
+
+def predict_split(program: Program, params, batch_stats, arrays, frozen, mesh, batch_size: int) -> np.ndarray:
+    """P(popular) of every video of a split for every stacked trial: [T, n]."""
+    fn = _jitted(program, "predict", mesh)
+    n = len(arrays["label"])
+    out = []
+    for idx, weights in batch_indices(n, batch_size):
+        batch = global_batch(arrays, idx, weights, mesh)
+        out.append(_host_copy(fn(params, batch_stats, batch, frozen))[:, :int(weights.sum())])
+    return np.concatenate(out, axis=1) if out else np.zeros((jax.tree.leaves(params)[0].shape[0], 0))
+
+
+_JIT_CACHE: dict = {}
+
+
+def _jitted(program: Program, name: str, mesh) -> Callable:
+    """jit(vmap(step)) over stacked trials, cached per program; outputs replicated over ``mesh``."""
+    key = (name, json.dumps(program.static, sort_keys=True), program.vocab_size, program.word_dim,
+           program.total_steps, program.warmup_steps, program.freeze, mesh)
+    if key not in _JIT_CACHE:
+        out = parallel.replicated(mesh)
+        if name == "train_step":
+            fn = jax.jit(jax.vmap(program.train_step, in_axes=(0, None, 0, None)), donate_argnums=(0,),
+                         out_shardings=out)
+        else:
+            fn = jax.jit(jax.vmap(program.predict, in_axes=(0, 0, None, None)), out_shardings=out)
+        _JIT_CACHE[key] = fn
+    return _JIT_CACHE[key]
+
+
+def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: Sequence[Mapping], *,
+        vocab_size: int, word_dim: int, frozen: Mapping, train_cfg: Mapping, workdir=None, mesh=None,
+        encoders: Mapping | None = None, freeze: Sequence[str] = (), progress: bool = False,
+        log: Callable[[dict], None] | None = None) -> FitResult:
+    """Train ``trials`` (hyperparameter dicts with the TRACED_KEYS) of one static configuration together.
+
+    ``data`` maps "train"/"val"/"test" to ``model_inputs`` arrays. ``encoders``: trained encoder subtrees
+    plugged into every trial (multimodal); ``freeze`` names the submodules the optimizer leaves alone. ``train_cfg``: batch_size, num_epochs, warmup_epochs, patience,
+    data_seed. With ``workdir`` the run checkpoints each epoch and resumes from ``workdir/checkpoints``.
+    """
+    import orbax.checkpoint as ocp
+
+    mesh = mesh or parallel.data_mesh()
+    bs = int(train_cfg["batch_size"])
+    if bs % mesh.size:
+        raise ValueError(f"batch_size {bs} must be a multiple of the number of devices ({mesh.size})")
+    n_train = len(data["train"]["label"])
+    if n_train == 0 or len(data["val"]["label"]) == 0:
+        raise ValueError("training needs non-empty train and val splits")
+    steps_per_epoch = math.ceil(n_train / bs)
+    num_epochs = int(train_cfg["num_epochs"])
+    program = Program(dict(static), vocab_size, word_dim, total_steps=steps_per_epoch * num_epochs,
+                      warmup_steps=int(train_cfg.get("warmup_epochs", 1) * steps_per_epoch), freeze=tuple(freeze))
+    hp = {k: np.asarray([float(t[k]) if k != "seed" else int(t[k]) for t in trials]) for k in TRACED_KEYS}
+    frozen = jax.device_put(dict(frozen), parallel.replicated(mesh))
+    sample = global_batch(data["train"], *next(batch_indices(min(n_train, bs), bs)), mesh)
+
+    # Trials are initialised one by one, eagerly: the LSTM's orthogonal init runs LAPACK QR kernels that,
+    # batched by vmap (or run side by side inside one jit program), can wait on each other for the two
+    # threads of XLA's CPU pool and deadlock.
+    state = [program.init({k: v[t] for k, v in hp.items()}, sample, frozen, encoders) for t in range(len(trials))]
+    state = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *state), parallel.replicated(mesh))
+    T = len(trials)
+    tracker = {"epoch": 0, "best_key": [[-math.inf, -math.inf]] * T, "best_epoch": [0] * T,
+               "since_best": 0, "history": [], "val": [None] * T}
+    best = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
+
+    latest = None
+    if workdir is not None:
+        ckpt_dir = Path(workdir).absolute() / "checkpoints" / "latest"
+        latest = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        if latest.latest_step() is not None:
+            target = _host_copy({"state": state, "best": best})
+            restored = latest.restore(latest.latest_step(), args=ocp.args.Composite(
+                train=ocp.args.StandardRestore(target), tracker=ocp.args.JsonRestore()))
+            restored_train = jax.device_put(restored["train"], parallel.replicated(mesh))
+            state, best = restored_train["state"], restored_train["best"]
+            tracker = dict(restored["tracker"])
+
+    train_step = _jitted(program, "train_step", mesh)
+    patience = int(train_cfg.get("patience", num_epochs))
+    bar = _progress(num_epochs, tracker["epoch"], progress)
+    try:
+        while tracker["epoch"] < num_epochs and tracker["since_best"] < patience:
+            epoch = tracker["epoch"]
+            losses = []
+            for idx, weights in batch_indices(n_train, bs, train_cfg.get("data_seed", 0), epoch):
+                state, loss = train_step(state, global_batch(data["train"], idx, weights, mesh), hp, frozen)
+                losses.append(loss)
+            p_val = predict_split(program, state.params, state.batch_stats, data["val"], frozen, mesh, bs)
+            val = [metrics.evaluate(p, data["val"]["label"], data["val"]["normalized_views"]) for p in p_val]
+            improved = np.array([list(metrics.selection_key(m)) > list(k) for m, k in zip(val, tracker["best_key"])])
+            best = jax.tree.map(lambda b, s: jnp.where(improved.reshape((-1,) + (1,) * (s.ndim - 1)), s, b),
+                                best, {"params": state.params, "batch_stats": state.batch_stats})
+            for t in np.flatnonzero(improved):
+                tracker["best_key"][t], tracker["best_epoch"][t], tracker["val"][t] = (
+                    list(metrics.selection_key(val[t])), epoch + 1, val[t])
+            tracker["since_best"] = 0 if improved.any() else tracker["since_best"] + 1
+            record = {"epoch": epoch + 1, "step": int(state.step[0]),
+                      "train_loss": [float(x) for x in np.mean(np.stack(_host_copy(losses)), axis=0)],
+                      "val_accuracy": [m["accuracy"] for m in val], "val_spearman": [m["spearman"] for m in val]}
+            tracker["history"].append(record)
+            tracker["epoch"] = epoch + 1
+            if log:
+                log(record)
+            if latest is not None:
+                # Host copies: the async save must not read buffers that the next (donating) step reuses.
+                latest.save(tracker["epoch"], args=ocp.args.Composite(
+                    train=ocp.args.StandardSave(_host_copy({"state": state, "best": best})),
+                    tracker=ocp.args.JsonSave(tracker)))
+            bar.update(1)
+            bar.set_postfix(val_acc=f"{max(m['accuracy'] for m in val):.3f}")
+    finally:  # also on an exception: let the last async save finish
+        bar.close()
+        if latest is not None:
+            latest.wait_until_finished()
+            latest.close()
+
+    p_test = predict_split(program, best["params"], best["batch_stats"], data["test"], frozen, mesh, bs) \
+        if len(data.get("test", {}).get("label", [])) else [None] * T
+    test = [metrics.evaluate(p, data["test"]["label"], data["test"]["normalized_views"]) if p is not None else None
+            for p in p_test]
+    val = [v if v is not None else {"accuracy": math.nan, "spearman": math.nan, "n": 0} for v in tracker["val"]]
+    return FitResult(trials=[dict(t) for t in trials], val=val, test=test, best_epoch=tracker["best_epoch"],
+                     params=_host_copy(best["params"]), batch_stats=_host_copy(best["batch_stats"]),
+                     history=tracker["history"], epochs_run=tracker["epoch"])
+
+
+def _host_copy(tree):
+    """Fresh numpy copies of replicated arrays (this process's replica: also works on several hosts)."""
+    return jax.tree.map(lambda x: np.array(x.addressable_data(0) if isinstance(x, jax.Array) else x, copy=True),
+                        tree)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="epochs", disable=not enabled or jax.process_index() != 0,
+                leave=False)
