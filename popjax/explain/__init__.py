@@ -1,0 +1,1 @@
+"""Explanations: attention-scaled Grad-CAM (gradcam), rendering (render) and faithfulness checks."""

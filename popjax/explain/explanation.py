@@ -1,0 +1,93 @@
+"""Explanations of a trained model for one video + headline (``popjax explain``).
+
+``explanation.json`` (DESIGN.md): ``score`` = P(popular); per frame its timestamp, attention alpha_i and
+K x K Grad-CAM heatmap after attention scaling; per word its weight (beta_t, or gradient x input for the
+last-state baseline); and how the backbone was initialised. ``figure.png`` and ``headline.html`` draw it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from popjax.data.video import sample_frames
+from popjax.explain import render
+from popjax.explain.gradcam import make_explainer
+from popjax.predict import TrainedModel
+
+
+class Explainer:
+    """Grad-CAM + attention explanations of a ``TrainedModel`` (jit-compiled, batched over videos)."""
+
+    def __init__(self, trained: TrainedModel, target: str = "popular", normalization: str = "frame"):
+        self.trained, self.target, self.normalization = trained, target, normalization
+        bb = trained.backbone
+        self._fn = make_explainer(bb.model if bb else None, bb.preprocess if bb else None, trained.model,
+                                  target=target, normalization=normalization)
+
+    def arrays(self, frames: np.ndarray | None, headlines: Sequence[str] | None = None) -> dict:
+        """Raw outputs of ``gradcam.make_explainer`` for frames uint8 [B, N, S, S, 3] and headlines."""
+        tokens = lengths = None
+        words = None
+        if self.trained.vocab is not None:
+            tokens, lengths, words = self.trained.encode_headlines(list(headlines))
+        bb_vars = self.trained.backbone.variables if self.trained.backbone else None
+        frames = None if frames is None else np.asarray(frames)
+        out = {k: np.asarray(v) for k, v in self._fn(bb_vars, self.trained.variables, frames, tokens, lengths).items()}
+        out["words"] = words
+        return out
+
+    def explain(self, frames: np.ndarray | None, timestamps, headline: str) -> dict:
+        """The ``explanation.json`` dict of one video."""
+        out = self.arrays(None if frames is None else frames[None], [headline])
+        return to_json(out, 0, timestamps, headline, self.trained, self.target, self.normalization)
+
+    def explain_file(self, video, headline: str) -> tuple[dict, np.ndarray | None]:
+        frames = timestamps = None
+        if self.trained.uses_video:
+            sampled = sample_frames(video, self.trained.settings.num_frames, self.trained.settings.seconds,
+                                    self.trained.backbone.metadata["image_size"])
+            frames, timestamps = sampled.frames, sampled.timestamps
+        explanation = self.explain(frames, timestamps, headline)
+        explanation["video"] = str(video)
+        return explanation, frames
+
+
+def to_json(out: dict, b: int, timestamps, headline: str, trained: TrainedModel, target: str,
+            normalization: str) -> dict:
+    """Video ``b`` of an ``Explainer.arrays`` batch, in the explanation.json layout."""
+    explanation = {"score": float(out["score"][b]), "target": target, "normalization": normalization,
+                   "headline": headline, "frames": [], "words": [],
+                   "backbone": trained.backbone.description if trained.backbone else "none (headline model)",
+                   "model": {k: trained.info["static"][k] for k in ("modality", "frame_pooling", "headline_pooling")}}
+    if "heatmaps" in out:
+        for i, ts in enumerate(timestamps):
+            explanation["frames"].append({
+                "timestamp": float(ts), "attention": float(out["alpha"][b, i]),
+                "heatmap": np.round(out["heatmaps"][b, i], 5).tolist(),
+                "no_positive_evidence": not bool(out["positive"][b, i])})
+    if out.get("words") is not None:
+        weights = out["beta"][b] if "beta" in out else out["word_scores"][b]
+        explanation["word_weight"] = "attention beta" if "beta" in out else "gradient x input"
+        explanation["words"] = [{"word": w, "weight": float(weights[t])} for t, w in enumerate(out["words"][b])]
+    return explanation
+
+
+def write_explanation(explanation: dict, frames: np.ndarray | None, out_dir) -> dict:
+    """``figure.png``, ``headline.html`` and ``explanation.json`` under ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "explanation.json", "figure": out_dir / "figure.png",
+             "headline": out_dir / "headline.html"}
+    render.save_headline_html(explanation, paths["headline"])
+    if frames is not None:
+        render.save_figure(explanation, frames, paths["figure"])
+    else:
+        paths.pop("figure")
+    tmp = paths["json"].with_name(".explanation.json.tmp")
+    tmp.write_text(json.dumps(explanation, indent=1) + "\n")
+    os.replace(tmp, paths["json"])
+    return {k: str(v) for k, v in paths.items()}
