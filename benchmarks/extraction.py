@@ -90,7 +90,7 @@ def backbone_only(args) -> dict:
     import jax
 
     from popjax.backbone import Backbone
-    from popjax.extract import Settings
+    from popjax.extract import Settings, frames_per_call
 
     backbone = Backbone.random(0, batch_size=args.batch_size)
     rng = np.random.default_rng(0)
@@ -108,7 +108,7 @@ def backbone_only(args) -> dict:
         return frames_per_call * calls / wall, wall
 
     full_fps, full_wall = rate(backbone.batch_size, args.backbone_calls)
-    per_call = Settings().batch_videos * args.num_frames   # what featurize hands to Backbone.features
+    per_call = frames_per_call(args.batch_size, args.num_frames)   # what featurize hands to Backbone.features
     padded = -(-per_call // backbone.batch_size) * backbone.batch_size
     pattern_fps, _ = rate(per_call, max(1, args.backbone_calls * backbone.batch_size // per_call))
     return {

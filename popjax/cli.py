@@ -66,6 +66,23 @@ def _extract(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from popjax.data.manifest import ManifestError
+    from popjax.predict import predict_manifest
+
+    try:
+        result = predict_manifest(args.workdir, args.manifest, args.out, batch_size=args.batch_size,
+                                  dtype=args.dtype, progress=not args.quiet)
+    except (ManifestError, FileNotFoundError) as e:
+        print(f"popjax predict: error: {e}", file=sys.stderr)
+        return 2
+    print(f"scored {result['scored']} videos -> {result['out']}")
+    if result["failed"]:
+        print(f"{result['failed']} rows rejected: see {result['errors']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,11 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random backbone when no --weights")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_extract)
+
+    p = sub.add_parser("predict", help="score unpublished videos with a trained model -> CSV of P(popular)")
+    p.add_argument("--workdir", required=True, help="a train.py work directory (its checkpoints/best)")
+    p.add_argument("--manifest", required=True, help="CSV or JSONL: id, video, headline (views, followers unused)")
+    p.add_argument("--out", required=True, help="CSV: id, p_popular, predicted_label; bad rows in OUT.errors.jsonl")
+    p.add_argument("--batch-size", type=int, default=32, help="videos per model call (and frames per backbone call)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone compute dtype")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_predict)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from popjax.parallel import use_all_cpu_cores
+
+    use_all_cpu_cores()
     return args.func(args)
 
 

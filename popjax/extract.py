@@ -47,7 +47,6 @@ class Settings:
     num_frames: int = 18       # N (paper)
     seconds: float = 6.0       # the first 6 s (paper)
     max_words: int = 32
-    batch_videos: int = 4      # videos per backbone call (x N frames)
     workers: int = 0           # decoding threads; 0 = one per core
     chunk_videos: int = 64     # videos per cache file
 
@@ -62,9 +61,15 @@ class Featurized:
 
 
 # --------------------------------------------------------------------------------------------- core
+def frames_per_call(batch_size: int, num_frames: int) -> int:
+    """A backbone batch that holds whole videos (``batch_size`` frames, rounded to a multiple of N)."""
+    return max(1, round(batch_size / num_frames)) * num_frames
+
+
 def featurize(rows: Iterable[manifest_lib.Row], backbone: Backbone, settings: Settings = Settings()
               ) -> Iterator[Featurized]:
-    """Decode and encode ``rows``, overlapping ffmpeg decoding (threads) with backbone batches."""
+    """Decode and encode ``rows``, overlapping ffmpeg decoding (threads) with backbone batches of
+    ``backbone.batch_size // N`` whole videos (make ``batch_size`` a multiple of N: ``frames_per_call``)."""
     workers = settings.workers or os.cpu_count() or 1
     size = backbone.metadata["image_size"]
     rows = iter(rows)
@@ -77,7 +82,8 @@ def featurize(rows: Iterable[manifest_lib.Row], backbone: Backbone, settings: Se
                 pending.append((row, pool.submit(sample_frames, row.video, settings.num_frames,
                                                  settings.seconds, size)))
 
-        for _ in range(workers + 2 * settings.batch_videos):  # bounded read-ahead
+        batch_videos = max(1, backbone.batch_size // settings.num_frames)
+        for _ in range(workers + 2 * batch_videos):  # bounded read-ahead
             submit()
         batch: list[Featurized] = []
         while pending:
@@ -89,7 +95,7 @@ def featurize(rows: Iterable[manifest_lib.Row], backbone: Backbone, settings: Se
                 yield Featurized(row, error=e)
                 continue
             batch.append(Featurized(row, frames=sampled.frames, timestamps=sampled.timestamps))
-            if len(batch) == settings.batch_videos:
+            if len(batch) == batch_videos:
                 yield from _encode(batch, backbone)
                 batch = []
         if batch:
@@ -168,7 +174,8 @@ def extract(manifest_path, out, *, weights=None, batch_size: int = 32, glove: st
     result = manifest_lib.read_manifest(manifest_path)
     rows = sorted(result.rows, key=lambda r: r.id)
     try:
-        backbone = prepare_backbone(out, rows, weights, seed, settings, batch_size=batch_size, dtype=dtype)
+        backbone = prepare_backbone(out, rows, weights, seed, settings, dtype=dtype,
+                                    batch_size=frames_per_call(batch_size, settings.num_frames))
     except _NoVideo as e:
         _write_errors(out, result, e.video_errors)
         raise ExtractError(f"{manifest_path}: no decodable video among its {len(rows)} accepted rows "
