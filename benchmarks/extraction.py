@@ -90,7 +90,7 @@ def backbone_only(args) -> dict:
     import jax
 
     from popjax.backbone import Backbone
-    from popjax.extract import Settings, frames_per_call
+    from popjax.extract import frames_per_call
 
     backbone = Backbone.random(0, batch_size=args.batch_size)
     rng = np.random.default_rng(0)

@@ -83,6 +83,32 @@ def _predict(args) -> int:
     return 0
 
 
+def _explain(args) -> int:
+    from popjax.data.manifest import ManifestError, read_manifest
+    from popjax.data.video import VideoError
+    from popjax.explain.explanation import Explainer, write_explanation
+    from popjax.predict import TrainedModel
+
+    video, headline = args.video, args.headline
+    try:
+        if args.manifest:
+            rows = {r.id: r for r in read_manifest(args.manifest, require_labels=False).rows}
+            if args.row not in rows:
+                raise ManifestError(f"{args.manifest}: no accepted row with id {args.row!r}")
+            video, headline = rows[args.row].video, rows[args.row].headline
+        trained = TrainedModel.load(args.workdir)
+        explanation, frames = Explainer(trained, args.target, args.normalization).explain_file(video, headline or "")
+    except (ManifestError, FileNotFoundError) as e:
+        print(f"popjax explain: error: {e}", file=sys.stderr)
+        return 2
+    except VideoError as e:
+        print(f"popjax explain: error ({e.reason}): {e}", file=sys.stderr)
+        return 1
+    paths = write_explanation(explanation, frames, args.out)
+    print(f"P(popular) = {explanation['score']:.3f} -> {', '.join(paths.values())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_extract)
 
+    p = sub.add_parser("explain", help="figure.png, headline.html and explanation.json for one video + headline")
+    p.add_argument("--workdir", required=True, help="a trained train.py work directory")
+    p.add_argument("--video", help="a video file")
+    p.add_argument("--headline", help="its headline")
+    p.add_argument("--manifest", help="instead of --video/--headline: a manifest ...")
+    p.add_argument("--row", help="... and the id of the row to explain")
+    p.add_argument("--out", required=True)
+    p.add_argument("--target", default="popular", choices=["popular", "unpopular"])
+    p.add_argument("--normalization", default="frame", choices=["frame", "video"],
+                   help="Grad-CAM maps normalised per frame (paper) or jointly over the video")
+    p.set_defaults(func=_explain)
+
     p = sub.add_parser("predict", help="score unpublished videos with a trained model -> CSV of P(popular)")
     p.add_argument("--workdir", required=True, help="a train.py work directory (its checkpoints/best)")
     p.add_argument("--manifest", required=True, help="CSV or JSONL: id, video, headline (views, followers unused)")
@@ -135,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "explain" and not (args.video or (args.manifest and args.row)):
+        parser.error("explain needs --video (and --headline) or --manifest and --row")
     from popjax.parallel import use_all_cpu_cores
 
     use_all_cpu_cores()

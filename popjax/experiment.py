@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +20,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from popjax import search, training
+from popjax import files, search, training
 from popjax.data import dataset
 
 # The six rows of the paper's Table 1: model settings, and for multimodal rows the unimodal rows whose
@@ -73,7 +72,7 @@ def save_model(workdir, variables: Mapping, info: Mapping, step: int) -> None:
     with ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints" / "best", options=options) as mngr:
         score = info["val"]["accuracy"] + 1e-3 * (0.0 if math.isnan(info["val"]["spearman"]) else info["val"]["spearman"])
         mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(dict(variables)),
-                                                info=ocp.args.JsonSave(_jsonable(info))),
+                                                info=ocp.args.JsonSave(files.jsonable(info))),
                   metrics={"score": score}, force=True)
         mngr.wait_until_finished()
 
@@ -103,7 +102,7 @@ def train_and_evaluate(config, workdir) -> dict:
     check_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / "config.json", config.to_dict())
+    write_json(workdir / "config.json", config.to_dict())
     modality = config.model.modality
     data = load_data(config.data.features, modality)
     fit_kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
@@ -136,7 +135,7 @@ def train_and_evaluate(config, workdir) -> dict:
         "seeds": _seed_summary(fit), "hparams": seeds[t], "epochs_run": fit.epochs_run,
         "devices": jax.device_count(), "processes": jax.process_count(),
         "backbone": data["meta"].get("backbone"), "seconds": round(time.time() - t_start, 1)}
-    _write_json(workdir / "metrics.json", summary)
+    write_json(workdir / "metrics.json", summary)
     return summary
 
 
@@ -191,7 +190,7 @@ def _search(config, workdir, base, data, encoders, freeze, fit_kwargs, fixed) ->
     results = search.run_trials(trials, data["splits"], workdir=workdir / "search", encoders=encoders,
                                 freeze=freeze, **cfg)
     best = search.best_trial(results)
-    _write_json(path, {"best": best, "trials": results})
+    write_json(path, {"best": best, "trials": results})
     return best
 
 
@@ -228,8 +227,8 @@ def table1(config, workdir) -> dict:
                      "spearman": s["test_spearman_mean"], "spearman_std": s["test_spearman_std"],
                      "seeds": len(s["seed"])})
     table = {"rows": rows, "paper": {k: {"accuracy": a / 100, "spearman": r} for k, (a, r) in PAPER_TABLE1.items()}}
-    _write_json(workdir / "table1.json", table)
-    _write_text(workdir / "table1.md", format_table1(table))
+    write_json(workdir / "table1.json", table)
+    write_text(workdir / "table1.md", format_table1(table))
     return table
 
 
@@ -251,27 +250,21 @@ def _cached_metrics(workdir: Path) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     """Atomic write, by process 0 only: with several processes (one work directory on a shared filesystem)
-    every process computes the same content, and two writers would race on the temporary file."""
-    if jax.process_index() != 0:
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    every process computes the same content, and two writers would race."""
+    if jax.process_index() == 0:
+        files.write_text(path, text)
 
 
-def _write_json(path: Path, obj) -> None:
-    _write_text(Path(path), json.dumps(_jsonable(obj), indent=2) + "\n")
+def write_json(path: Path, obj) -> None:
+    if jax.process_index() == 0:
+        files.write_json(path, obj)
 
 
 def _logger(path: Path):
     def log(record: dict) -> None:
         if jax.process_index() == 0:
             with open(path, "a") as f:
-                f.write(json.dumps(_jsonable(record)) + "\n")
+                f.write(json.dumps(files.jsonable(record)) + "\n")
     return log

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from typing import Iterable, Iterator
 import jax
 import numpy as np
 
+from popjax import files
 from popjax.backbone import Backbone
 from popjax.data import dataset, manifest as manifest_lib, text as text_lib
 from popjax.data.video import VideoError, sample_frames
@@ -217,7 +219,7 @@ def extract(manifest_path, out, *, weights=None, batch_size: int = 32, glove: st
             "frames_per_s": round(n_new * settings.num_frames / loop_seconds, 2) if loop_seconds > 0 else None,
             "processes": nproc, "local_devices": jax.local_device_count()}
         report["seconds_total"] = round(time.time() - t0, 2)
-        _write_json(out / "report.json", report)
+        files.write_json(out / "report.json", report)
     _sync("report")
     return report
 
@@ -236,7 +238,7 @@ def _assemble(out: Path, manifest_path, result, rows, backbone: Backbone, glove,
     tokens = {r.id: text_lib.tokenize(r.headline, settings.max_words, known=vectors) for r in ok}
     vocab = text_lib.Vocabulary.build(tokens.values(), vectors)
     vocab.save(out / "vocab.json")
-    _save_npy(out / "word_vectors.npy", vocab.embedding_matrix(vectors))
+    files.save_npy(out / "word_vectors.npy", vocab.embedding_matrix(vectors))
     threshold = manifest_lib.popularity_threshold(ok)
 
     examples = []
@@ -277,7 +279,7 @@ def _write_errors(out: Path, result, video_errors: list[dict]) -> list[dict]:
     """``errors.jsonl``: the manifest's rejected rows and the rows whose video failed, in row order."""
     errors = [e.to_json() for e in result.errors] + list(video_errors)
     errors.sort(key=lambda e: (e.get("row") or 0, e.get("id") or ""))
-    _write_text(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
+    files.write_text(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
     return errors
 
 
@@ -290,11 +292,11 @@ def _video_error(item: Featurized) -> dict:
 def _write_chunk(cache: Path, pid: int, chunk: list[Featurized]) -> None:
     k = len(list(cache.glob(f"features-p{pid:03d}-*.npz")))
     path = cache / f"features-p{pid:03d}-{k:05d}.npz"
-    tmp = cache / f".{path.name}.tmp.npz"
-    np.savez(tmp, ids=np.array([c.row.id for c in chunk]),
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.array([c.row.id for c in chunk]),
              features=np.stack([c.features for c in chunk]).astype(np.float16),
              timestamps=np.stack([c.timestamps for c in chunk]).astype(np.float32))
-    os.replace(tmp, path)
+    files.write_bytes(path, buf.getvalue())
 
 
 def _read_cache(cache: Path) -> dict:
@@ -353,19 +355,3 @@ def _bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="video", desc="extract", disable=not enabled, smoothing=0.1)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2, default=float) + "\n")

@@ -11,14 +11,13 @@ import csv
 import dataclasses
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from popjax import parallel
+from popjax import files, parallel
 from popjax.backbone import Backbone
 from popjax.data import dataset, manifest as manifest_lib
 from popjax.data.text import Vocabulary
@@ -118,17 +117,11 @@ def predict_manifest(workdir, manifest_path, out_csv, *, batch_size: int = 32, d
     writer.writerow(["id", "p_popular", "predicted_label"])
     for row, score in zip(rows, p):
         writer.writerow([row.id, f"{score:.6f}", "popular" if score > 0.5 else "unpopular"])
-    _write_text(out_csv, buf.getvalue())
+    files.write_text(out_csv, buf.getvalue())
     errors.sort(key=lambda e: (e.get("row") or 0, e.get("id") or ""))
-    _write_text(errors_path(out_csv), "".join(json.dumps(e) + "\n" for e in errors))
+    files.write_text(errors_path(out_csv), "".join(json.dumps(e) + "\n" for e in errors))
     return {"scored": len(rows), "failed": len(errors), "out": str(out_csv), "errors": str(errors_path(out_csv))}
 
 
 def errors_path(out_csv: Path) -> Path:
     return out_csv.with_name(out_csv.stem + ".errors.jsonl")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

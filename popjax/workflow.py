@@ -49,9 +49,9 @@ def demo(config, workdir) -> dict:
 
     def explanations():
         trained = TrainedModel.load(W / "multimodal_attention")
-        explainer = Explainer(trained)
+        explainer = Explainer(trained, batch=4)  # one compiled program for every batch
         faith = faithfulness.evaluate(explainer, manifest, W / "demo" / "truth.jsonl")
-        experiment._write_json(W / "faithfulness.json", faith)
+        experiment.write_json(W / "faithfulness.json", faith)
         truth = faithfulness.read_truth(W / "demo" / "truth.jsonl")
         from popjax.data.manifest import read_manifest
 
@@ -66,7 +66,7 @@ def demo(config, workdir) -> dict:
         return faith, written
 
     faith, figures = stage("explanations", explanations)
-    experiment._write_json(W / "timings.json", timings)
+    experiment.write_json(W / "timings.json", timings)
     print("\n" + experiment.format_table1(table))
     print(json.dumps({k: faith[k] for k in ("pointing_game", "frame_attention_hit", "word_attention_hit",
                                             "deletion_top", "deletion_random")}, indent=1))

@@ -8,7 +8,7 @@ explanations against:
   of other colours that appear in every kind of video;
 * cue words: one of a few words inserted at a random position in the headline, among common words.
 
-Each video has the visual cue, a cue word, both or neither (neither for half of them). Followers span
+Each video has the visual cue, a cue word, both or neither (neither for half of each split). Followers span
 four orders of magnitude; views = followers x exp(effect of the cues + noise), so normalised views
 (the paper's target) depend on the cues alone and "popular" (above the training median) means "has a
 cue". ``truth.jsonl`` records, per video, the cue's times and box (fractions of width and height) and
@@ -27,6 +27,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+
+from popjax import files
 
 CUE_WORDS = ("puppy", "giveaway", "surprise")
 FILLER_WORDS = tuple("""
@@ -64,13 +66,32 @@ class DemoVideo:
 
 
 # ------------------------------------------------------------------------------------------ sampling
+NEITHER, VISUAL, WORD, BOTH = range(4)
+
+
+def cue_kinds(ids: list[str], rng: np.random.Generator) -> dict[str, int]:
+    """Which cue each video carries, stratified by split: in every split half the videos (rounded up)
+    carry no cue and the rest visual, word or both in equal shares. With the two groups' normalised
+    views far apart, the training median then falls between them and "popular" means "has a cue"."""
+    from popjax.data.manifest import assign_split
+
+    kinds = {}
+    for split in ("train", "val", "test"):
+        members = [i for i in ids if assign_split(i) == split]
+        cued = len(members) // 2
+        pool = [NEITHER] * (len(members) - cued) + [(VISUAL, WORD, BOTH)[k % 3] for k in range(cued)]
+        kinds.update(zip(members, rng.permutation(pool).tolist()))
+    return kinds
+
+
 def plan_corpus(num_videos: int, seed: int = 0, cue_diameter: int = 64) -> list[DemoVideo]:
     """Draw the corpus: which videos carry which cue, the cue's time and place, headlines, counts."""
     rng = np.random.default_rng(seed)
+    ids = [f"demo{i:04d}" for i in range(num_videos)]
+    kinds = cue_kinds(ids, rng)
     videos = []
-    for i in range(num_videos):
-        kind = rng.choice(4, p=[0.5, 1 / 6, 1 / 6, 1 / 6])  # neither, visual, word, both
-        visual, word = kind in (1, 3), kind in (2, 3)
+    for id_ in ids:
+        visual, word = kinds[id_] in (VISUAL, BOTH), kinds[id_] in (WORD, BOTH)
         duration = float(rng.choice([4.0, 5.0, 6.0, 7.0, 8.0]))
         span = min(duration, 6.0)  # the model samples the first 6 s
         length = span * rng.uniform(0.25, 0.4)
@@ -88,7 +109,7 @@ def plan_corpus(num_videos: int, seed: int = 0, cue_diameter: int = 64) -> list[
         effect = 2.0 * visual + 2.0 * word + rng.normal(0.0, 0.3)
         views = int(round(followers * 0.05 * np.exp(effect)))
         videos.append(DemoVideo(
-            id=f"demo{i:04d}", seed=int(rng.integers(2**31)), duration=duration, visual_cue=bool(visual),
+            id=id_, seed=int(rng.integers(2**31)), duration=duration, visual_cue=bool(visual),
             word_cue=bool(word), cue_t0=t0 if visual else 0.0, cue_t1=t0 + length if visual else 0.0,
             cue_box=box if visual else (), headline=" ".join(words).capitalize(), cue_words=cue_words,
             followers=followers, views=views))
@@ -176,8 +197,8 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int = FPS) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     h, w = frames.shape[1:3]
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:", "-c:v", "libx264", "-preset", "veryfast",
-           "-crf", "18", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp)]
+           "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:", "-c:v", "libx264", "-preset", "ultrafast",
+           "-threads", "1", "-crf", "18", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp)]
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-500:]}")
@@ -209,11 +230,11 @@ def write_corpus(out_dir, num_videos: int = 320, seed: int = 0, workers: int | N
     # ffmpeg runs outside the GIL; rendering is numpy, so threads keep both cores busy.
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         list(pool.map(make, videos))
-    _write_atomic(out / "truth.jsonl", "".join(json.dumps(truth_record(v)) + "\n" for v in videos))
+    files.write_text(out / "truth.jsonl", "".join(json.dumps(truth_record(v)) + "\n" for v in videos))
     rows = [["id", "video", "headline", "views", "followers", "synthetic"]]
     rows += [[v.id, f"videos/{v.id}.mp4", v.headline, v.views, v.followers, 1] for v in videos]
-    _write_atomic(out / "manifest.csv", _csv(rows))
-    _write_atomic(out / "README.txt", (
+    files.write_text(out / "manifest.csv", _csv(rows))
+    files.write_text(out / "README.txt", (
         "SYNTHETIC demo corpus written by `popjax demo` (seed {seed}, {n} videos).\n"
         "Not real social-media data: popularity is planted. A video is popular when it shows a red disk\n"
         "(times and boxes in truth.jsonl) and/or its headline holds one of the cue words {words}.\n"
@@ -227,9 +248,3 @@ def _csv(rows) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

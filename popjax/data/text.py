@@ -24,13 +24,14 @@ import logging
 import math
 import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Container, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from popjax import files
 
 log = logging.getLogger(__name__)
 
@@ -375,19 +376,7 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return files.write_json(path, self.to_json(), indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocabulary":

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
+import io
 import math
 import os
 import re
@@ -38,6 +38,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from popjax import files
 
 NUM_FRAMES = 18  # paper: N = 18
 SECONDS = 6.0  # paper: the first 6 seconds
@@ -483,7 +485,9 @@ def write_frames(sampled: SampledFrames, out_dir) -> None:
     digits = max(2, len(str(len(sampled.frames) - 1)))
     names = [f"frame_{i:0{digits}d}.png" for i in range(len(sampled.frames))]
     for name, frame in zip(names, sampled.frames):
-        _atomic(out / name, lambda f, frame=frame: Image.fromarray(frame, "RGB").save(f, format="PNG"))
+        png = io.BytesIO()
+        Image.fromarray(frame, "RGB").save(png, format="PNG")
+        files.write_bytes(out / name, png.getvalue())
     for stale in out.glob("frame_*.png"):
         if re.fullmatch(r"frame_\d+\.png", stale.name) and stale.name not in names:
             stale.unlink()
@@ -494,15 +498,4 @@ def write_frames(sampled: SampledFrames, out_dir) -> None:
         "files": names,
         "info": sampled.info,
     }
-    _atomic(out / "frames.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    files.write_json(out / "frames.json", doc)

@@ -6,13 +6,12 @@ last-state baseline); and how the backbone was initialised. ``figure.png`` and `
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from popjax import files
 from popjax.data.video import sample_frames
 from popjax.explain import render
 from popjax.explain.gradcam import make_explainer
@@ -22,22 +21,31 @@ from popjax.predict import TrainedModel
 class Explainer:
     """Grad-CAM + attention explanations of a ``TrainedModel`` (jit-compiled, batched over videos)."""
 
-    def __init__(self, trained: TrainedModel, target: str = "popular", normalization: str = "frame"):
-        self.trained, self.target, self.normalization = trained, target, normalization
+    def __init__(self, trained: TrainedModel, target: str = "popular", normalization: str = "frame",
+                 batch: int = 1):
+        self.trained, self.target, self.normalization, self.batch = trained, target, normalization, batch
         bb = trained.backbone
-        self._fn = make_explainer(bb.model if bb else None, bb.preprocess if bb else None, trained.model,
-                                  target=target, normalization=normalization)
+        self._fns = {g: make_explainer(bb.model if bb else None, bb.preprocess if bb else None, trained.model,
+                                       target=target, normalization=normalization, gradients=g)
+                     for g in (True, False)}
 
-    def arrays(self, frames: np.ndarray | None, headlines: Sequence[str] | None = None) -> dict:
-        """Raw outputs of ``gradcam.make_explainer`` for frames uint8 [B, N, S, S, 3] and headlines."""
-        tokens = lengths = None
-        words = None
+    def arrays(self, frames: np.ndarray | None, headlines: Sequence[str], gradients: bool = True) -> dict:
+        """Outputs of ``gradcam.make_explainer`` for frames uint8 [B, N, S, S, 3] and B headlines.
+
+        Batches smaller than ``self.batch`` are padded (repeating the last video), so that every batch
+        reuses one compiled program; ``gradients=False`` runs the forward pass only."""
+        n = len(headlines)
+        headlines = list(headlines) + [headlines[-1]] * max(0, self.batch - n)
+        tokens = lengths = words = None
         if self.trained.vocab is not None:
-            tokens, lengths, words = self.trained.encode_headlines(list(headlines))
+            tokens, lengths, words = self.trained.encode_headlines(headlines)
         bb_vars = self.trained.backbone.variables if self.trained.backbone else None
-        frames = None if frames is None else np.asarray(frames)
-        out = {k: np.asarray(v) for k, v in self._fn(bb_vars, self.trained.variables, frames, tokens, lengths).items()}
-        out["words"] = words
+        if frames is not None:
+            frames = np.asarray(frames)
+            frames = np.concatenate([frames, np.repeat(frames[-1:], len(headlines) - n, axis=0)])
+        out = self._fns[gradients](bb_vars, self.trained.variables, frames, tokens, lengths)
+        out = {k: np.asarray(v)[:n] for k, v in out.items()}
+        out["words"] = None if words is None else words[:n]
         return out
 
     def explain(self, frames: np.ndarray | None, timestamps, headline: str) -> dict:
@@ -87,7 +95,5 @@ def write_explanation(explanation: dict, frames: np.ndarray | None, out_dir) -> 
         render.save_figure(explanation, frames, paths["figure"])
     else:
         paths.pop("figure")
-    tmp = paths["json"].with_name(".explanation.json.tmp")
-    tmp.write_text(json.dumps(explanation, indent=1) + "\n")
-    os.replace(tmp, paths["json"])
+    files.write_json(paths["json"], explanation, indent=1)
     return {k: str(v) for k, v in paths.items()}

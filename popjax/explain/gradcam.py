@@ -40,8 +40,11 @@ def cam(A, dS_dA):
 
 
 def make_explainer(backbone_model, preprocess: Callable, model, *, target: str = "popular",
-                   normalization: str = "frame") -> Callable:
+                   normalization: str = "frame", gradients: bool = True) -> Callable:
     """A jit-compiled ``f(backbone_vars, model_vars, frames, tokens=None, lengths=None) -> dict``.
+
+    With ``gradients=False`` only the forward pass runs: ``score``, ``alpha`` and ``beta`` (cheap scoring,
+    e.g. of occluded frames).
 
     ``frames``: uint8 [B, N, S, S, 3]. Returns ``score`` [B] (P(popular)), ``raw`` [B, N, K, K] (H before
     normalisation), ``heatmaps`` [B, N, K, K] (normalised, attention-scaled), ``positive`` [B, N],
@@ -83,10 +86,17 @@ def make_explainer(backbone_model, preprocess: Callable, model, *, target: str =
         if uses_words:
             table = model_vars["frozen"]["headline_encoder"]["word_vectors"]
             zeros["w"] = jnp.zeros(tokens.shape + (table.shape[-1],), table.dtype)
-        grads, aux = jax.grad(forward, has_aux=True)(zeros, backbone_vars, model_vars, frames, tokens, lengths)
+        if gradients:
+            grads, aux = jax.grad(forward, has_aux=True)(zeros, backbone_vars, model_vars, frames, tokens, lengths)
+        else:
+            grads, aux = None, forward(zeros, backbone_vars, model_vars, frames, tokens, lengths)[1]
         inter = aux["intermediates"]
         out = {"score": jax.nn.softmax(aux["logits"])[:, 1], "logits": aux["logits"]}
-        if uses_video:
+        if uses_video and not gradients:
+            attention = inter.get("video_encoder", {}).get("attention", {}).get("alpha")
+            if attention:
+                out["alpha"] = attention[0]
+        if uses_video and gradients:
             B, N = frames.shape[:2]
             raw = cam(aux["A"], grads["A"])
             raw = raw.reshape((B, N) + raw.shape[1:])
@@ -102,7 +112,7 @@ def make_explainer(backbone_model, preprocess: Callable, model, *, target: str =
             beta = inter.get("headline_encoder", {}).get("attention", {}).get("beta")
             if beta:
                 out["beta"] = beta[0]
-            else:
+            elif gradients:
                 w = jnp.take(model_vars["frozen"]["headline_encoder"]["word_vectors"], tokens, axis=0)
                 out["word_scores"] = jnp.sum(grads["w"] * w, axis=-1)
         return out

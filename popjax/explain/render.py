@@ -27,7 +27,6 @@ import html
 import io
 import os
 import re
-import tempfile
 import textwrap
 
 import numpy as np
@@ -37,6 +36,8 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Rectangle
 from PIL import Image
+
+from popjax import files
 
 CMAP = "jet"
 MAX_ALPHA = 0.6  # overlay opacity at heat 1; opacity is proportional to heat so cold regions stay clear
@@ -414,28 +415,11 @@ def figure(explanation, frames, *, dpi: int = _DPI) -> Image.Image:
     return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
 
 
-def _atomic_write(path, data: bytes) -> str:
-    """Write bytes to path via a temporary file in the same folder and os.replace."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_figure(explanation, frames, path, *, dpi: int = _DPI) -> str:
     """Render :func:`figure` and write it as PNG to path atomically (temp file + os.replace)."""
     buf = io.BytesIO()
     figure(explanation, frames, dpi=dpi).save(buf, format="PNG")
-    return _atomic_write(path, buf.getvalue())
+    return str(files.write_bytes(path, buf.getvalue()))
 
 
 # ----------------------------------------------------------------------------------------------- html
@@ -473,4 +457,4 @@ def headline_html(explanation) -> str:
 
 def save_headline_html(explanation, path) -> str:
     """Write :func:`headline_html` to path (UTF-8) atomically."""
-    return _atomic_write(path, headline_html(explanation).encode("utf-8"))
+    return str(files.write_text(path, headline_html(explanation)))

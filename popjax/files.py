@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half of one.
+
+Each write goes to a temporary file in the destination folder, is flushed to disk, then renamed over the
+destination (``os.replace`` is atomic on POSIX and Windows).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def write_bytes(path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays turned into plain Python (NaN stays NaN)."""
+    def default(o):
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        return str(o)
+    return json.loads(json.dumps(obj, default=default))
+
+
+def write_json(path, obj: Any, indent: int | None = 2) -> Path:
+    return write_text(path, json.dumps(jsonable(obj), indent=indent, ensure_ascii=False) + "\n")
+
+
+def save_npy(path, array: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return write_bytes(path, buf.getvalue())
