@@ -56,9 +56,19 @@ def load_data(features_dir, modality: str) -> dict:
             raise ValueError(f"{features_dir}: the {split!r} split is empty; training needs train, val and test")
         data[split] = training.model_inputs(arrays, modality)
     vectors = np.load(features_dir / meta["word_vectors"], allow_pickle=False)
-    frozen = {"headline_encoder": {"word_vectors": vectors}} if modality != "video" else {}
+    frozen = {}
+    if modality != "headline":
+        frozen["feature_norm"] = feature_statistics(data["train"]["features"])
+    if modality != "video":
+        frozen["headline_encoder"] = {"word_vectors": vectors}
     return {"splits": data, "meta": meta, "frozen": frozen, "vocab_size": int(vectors.shape[0]),
             "word_dim": int(vectors.shape[1])}
+
+
+def feature_statistics(features: np.ndarray, eps: float = 1e-6) -> dict:
+    """Per-channel mean and standard deviation of the training split's frame features."""
+    f = np.asarray(features, np.float32).reshape(-1, features.shape[-1])
+    return {"mean": f.mean(0), "std": np.sqrt(f.var(0) + eps)}
 
 
 # -------------------------------------------------------------------------------------- model files

@@ -25,7 +25,9 @@ def case():
     batch = {"features": jnp.zeros((B, N, 32)), "tokens": tokens, "lengths": lengths}
     mvars = model.init(jax.random.key(1), batch)
     table = np.random.default_rng(2).normal(size=(12, 4)).astype(np.float32)
-    mvars = {"params": mvars["params"], "frozen": {"headline_encoder": {"word_vectors": table}}}
+    stats = {"mean": np.random.default_rng(5).uniform(0, 1, 32).astype(np.float32),
+             "std": np.random.default_rng(6).uniform(0.5, 2, 32).astype(np.float32)}
+    mvars = {"params": mvars["params"], "frozen": {"headline_encoder": {"word_vectors": table}, "feature_norm": stats}}
     return backbone, preprocess, bvars, model, mvars, frames, tokens, lengths
 
 
@@ -94,7 +96,7 @@ def test_gradient_times_input_word_scores_for_the_last_state_baseline(case):
     table = mvars["frozen"]["headline_encoder"]["word_vectors"]
     for b in range(B):
         def score(t):
-            v = {**mvars, "frozen": {"headline_encoder": {"word_vectors": t}}}
+            v = {**mvars, "frozen": {**mvars["frozen"], "headline_encoder": {"word_vectors": t}}}
             return model.apply(v, {"features": feats[b:b + 1], "tokens": tokens[b:b + 1],
                                    "lengths": lengths[b:b + 1]})[0, 1]
         g = np.asarray(jax.grad(score)(table))

@@ -383,7 +383,7 @@ def test_multimodal_plugs_the_trained_encoders(video, headline, features, tmp_pa
     (video_dir, _), (headline_dir, _) = video, headline
     trained = {"video_encoder": best_variables(video_dir)[0]["params"]["video_encoder"],
                "headline_encoder": best_variables(headline_dir)[0]["params"]["headline_encoder"]}
-    word_vectors = best_variables(headline_dir)[0]["frozen"]
+    frozen = {**best_variables(video_dir)[0]["frozen"], **best_variables(headline_dir)[0]["frozen"]}
     runs = {}
     for finetune in (False, True):
         config = load_config("multimodal_attention", features, **{
@@ -393,7 +393,7 @@ def test_multimodal_plugs_the_trained_encoders(video, headline, features, tmp_pa
         summary = experiment.train_and_evaluate(config, workdir)
         variables, info = best_variables(workdir)
         assert set(variables["params"]) == {"video_encoder", "headline_encoder", "head"}
-        assert_trees_equal(variables["frozen"], word_vectors)
+        assert_trees_equal(variables["frozen"], frozen)  # same word vectors and feature statistics
         assert info["static"]["frame_pooling"] == info["static"]["headline_pooling"] == "attention"
         assert not (workdir / "encoders").exists()  # the given workdirs were used, nothing retrained
         runs[finetune] = variables["params"], summary

@@ -1,6 +1,6 @@
 """Popularity classifier (paper Sec. 2): an encoder per modality and a two-layer head with 2 logits.
 
-* ``video``:      features x_1..x_N -> frame pooling -> v          -> head
+* ``video``:      features x_1..x_N -> standardise -> frame pooling -> v  -> head
 * ``headline``:   tokens -> HeadlineEncoder -> d                    -> head
 * ``multimodal``: [v; d] (the previously trained encoders)          -> head
 
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from popjax.models.headline import HeadlineEncoder
-from popjax.models.pooling import frame_pooling
+from popjax.models.pooling import Standardize, frame_pooling
 
 MODALITIES = ("video", "headline", "multimodal")
 
@@ -72,7 +72,8 @@ class PopularityModel(nn.Module):
     def __call__(self, batch, train: bool = False):
         embeddings = []
         if self.video_encoder is not None:
-            embeddings.append(self.video_encoder(batch["features"], batch.get("frame_mask")))
+            x = Standardize(name="feature_norm")(batch["features"])
+            embeddings.append(self.video_encoder(x, batch.get("frame_mask")))
         if self.headline_encoder is not None:
             embeddings.append(self.headline_encoder(batch["tokens"], batch["lengths"]))
         if not embeddings:

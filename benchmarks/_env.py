@@ -1,0 +1,84 @@
+"""What every benchmark records beside its numbers: when, on what, with which versions, run how.
+
+Also the two small helpers the benchmarks share: a per-call timer and the relative error the tests use.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "onnx", "onnxruntime")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "popjax"], cwd=REPO, capture_output=True,
+                                    text=True).stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    # A busy machine depresses every number: the 1-minute load average when the run started.
+                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "versions": versions,
+        "git": {"commit": commit, "popjax_dirty": dirty},
+    }
+
+
+def finish(doc: dict) -> dict:
+    doc["environment"]["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return doc
+
+
+def per_call(fn, calls: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``calls`` calls of ``fn()`` after ``warmup`` untimed ones (fn must block)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b| (as tests/test_weights.py)."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))

@@ -1,0 +1,439 @@
+"""ResNet50 feature-extraction throughput: popjax (JAX/XLA) vs onnxruntime vs PyTorch, same weights, same frames.
+
+One torch ResNet50 with torchvision's parameter names (tests/torch_resnet.py, random weights, randomised
+BatchNorm statistics) is the single source of weights:
+
+* popjax:      its state dict saved as .safetensors -> ``popjax.weights.convert("torchvision", ...)`` ->
+               ``Backbone`` (jit; the batch split over every local device, as ``popjax extract`` runs it after
+               ``parallel.use_all_cpu_cores()``, and over one device for comparison); fp32 and bf16
+               (``Backbone(..., dtype=jnp.bfloat16)``);
+* PyTorch:     the same module, eager, channels_last, fp32 and ``torch.autocast("cpu", torch.bfloat16)``;
+               ``torch.compile`` too with ``--torch-compile`` (skipped, and said so, if it fails);
+* onnxruntime: the same module exported with ``torch.onnx.export(dynamo=False)``, opset 17, dynamic batch;
+               CPU EP (intra-op threads = cores), CUDA EP when available. fp32 only: the CPU EP has no bf16
+               convolution kernels.
+
+Every implementation is timed from the SAME uint8 RGB frames [B, 224, 224, 3] (numpy, on the host) to float32
+features [B, 2048] (numpy, on the host), preprocessing INCLUDED in the timed region and done inside each
+framework's own graph: popjax inside its jit (``Backbone.features``), torch and onnxruntime by a wrapper
+module (NHWC uint8 -> NCHW float, /255, ImageNet mean/std; exported to ONNX with the network). The outputs
+are compared (max |a - b| / max |b| against torch fp32).
+
+Achieved FLOP/s: conv multiply-adds per 224 x 224 image are counted on the torch module (hooks), x2, and
+images/s x FLOP/image is compared with a peak measured in the same run: square matmuls (jnp.dot, torch.mm)
+in fp32 and bf16.
+
+End to end: ``popjax extract --weights`` (the converted weights above) on the synthetic demo corpus
+(``benchmarks/extraction.py``'s corpus and decode timing) in a fresh process, vs decode only and the backbone
+alone (popjax fp32 over all devices at the call size extract uses), with the serial bound
+1 / (1/decode + 1/backbone); its wall time is split into process start, work outside the decode+encode loop
+(weights, compilation outside the loop, dataset assembly) and the loop. Full runs also time extract's default
+random backbone (He init + BatchNorm calibration).
+
+    python benchmarks/extract_throughput.py [--quick] [--batch-sizes 8 32] [--out benchmarks/out/extract_throughput.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+
+import numpy as np  # noqa: E402
+
+from _env import environment, finish, median, per_call, rel_err  # noqa: E402
+
+IMAGE = 224
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------- models
+def torch_reference(seed: int = 0):
+    import torch
+    from torch_resnet import ResNet50, randomize_batchnorm
+
+    torch.manual_seed(seed)
+    return randomize_batchnorm(ResNet50(), seed).eval()
+
+
+def torch_wrapper(net):
+    """uint8 NHWC frames -> 2048-d features, preprocessing included (the module timed and exported)."""
+    import torch
+
+    class Features(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+        def forward(self, frames):
+            x = frames.permute(0, 3, 1, 2).float() / 255.0   # NHWC memory = channels_last NCHW view
+            return self.net.features((x - self.mean) / self.std)
+
+    return Features(net).eval()
+
+
+def conv_macs_per_image(net) -> int:
+    """Multiply-adds of every convolution of ``net.features`` on one 224 x 224 image (hooks)."""
+    import torch
+
+    total = []
+
+    def hook(module, inputs, output):
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        total.append(output.numel() * k)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        net.features(torch.zeros(1, 3, IMAGE, IMAGE))
+    for h in handles:
+        h.remove()
+    return int(sum(total))
+
+
+def prepare(workdir: Path, args) -> dict:
+    """Torch module, its .safetensors, the popjax conversion, the ONNX export: all from one set of weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from popjax.weights import convert
+
+    t = time.perf_counter()
+    net = torch_reference(args.seed)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(workdir / "resnet50.safetensors"))
+    meta = convert("torchvision", workdir / "resnet50.safetensors", workdir / "popjax_backbone")
+    wrapped = torch_wrapper(net)
+    onnx_path = workdir / "resnet50_features.onnx"
+    torch.onnx.export(wrapped, (torch.zeros(2, IMAGE, IMAGE, 3, dtype=torch.uint8),), str(onnx_path),
+                      dynamo=False, opset_version=17, input_names=["frames"], output_names=["features"],
+                      dynamic_axes={"frames": {0: "batch"}, "features": {0: "batch"}})
+    return {"net": net, "wrapped": wrapped, "onnx": onnx_path, "popjax_dir": workdir / "popjax_backbone",
+            "metadata": meta, "macs": conv_macs_per_image(net), "setup_s": round(time.perf_counter() - t, 1)}
+
+
+# ------------------------------------------------------------------------------------------- runners
+def popjax_runner(directory, batch: int, dtype: str, devices: str):
+    import jax
+    import jax.numpy as jnp
+
+    from popjax import Backbone, parallel
+    from popjax.weights import load_backbone
+
+    variables, metadata = load_backbone(directory)
+    mesh = parallel.local_mesh() if devices == "all" else parallel.data_mesh(jax.local_devices()[:1])
+    bb = Backbone(variables, metadata, dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32, batch_size=batch,
+                  mesh=mesh)
+    return bb.features, {"devices": mesh.size, "padded_batch": bb.batch_size}
+
+
+def torch_runner(wrapped, dtype: str, compile_: bool = False):
+    import torch
+
+    model = wrapped.to(memory_format=torch.channels_last)
+    if compile_:
+        model = torch.compile(model)
+
+    def run(frames):
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
+            return model(torch.from_numpy(frames)).float().numpy()
+
+    return run, {"threads": torch.get_num_threads()}
+
+
+def ort_runner(onnx_path, provider: str, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(onnx_path), so, providers=[provider])
+
+    def run(frames):
+        return sess.run(None, {"frames": frames})[0]
+
+    return run, {"provider": sess.get_providers()[0], "intra_op_threads": threads}
+
+
+def measure(run, frames, calls: int) -> dict:
+    t = time.perf_counter()
+    first = run(frames)                   # compile / first-call costs
+    first_s = time.perf_counter() - t
+    times = per_call(lambda: run(frames), calls, warmup=1)
+    s = median(times)
+    return {"first_call_s": round(first_s, 2), "calls": calls, "ms_per_batch": round(1e3 * s, 1),
+            "ms_per_batch_min": round(1e3 * min(times), 1), "frames_per_s": round(len(frames) / s, 2),
+            "_out": np.asarray(first, np.float32)}
+
+
+# --------------------------------------------------------------------------------------------- peaks
+def matmul_peaks(n: int, reps: int) -> dict:
+    """GFLOP/s of an n x n x n matmul: jnp.dot (one JAX device; XLA's intra-op pool) and torch.mm, fp32/bf16."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    flop = 2.0 * n ** 3
+    out = {}
+    rng = np.random.default_rng(0)
+    a32, b32 = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    dot = jax.jit(jnp.dot)
+    for name, dt in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
+        a, b = jnp.asarray(a32, dt), jnp.asarray(b32, dt)
+        s = median(per_call(lambda: dot(a, b).block_until_ready(), reps))
+        out[f"jax_{name}"] = round(flop / s / 1e9, 1)
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.from_numpy(a32).to(dt), torch.from_numpy(b32).to(dt)
+        s = median(per_call(lambda: torch.mm(a, b), reps))
+        out[f"torch_{name}"] = round(flop / s / 1e9, 1)
+    out["peak_fp32"] = max(out["jax_fp32"], out["torch_fp32"])
+    out["peak_bf16"] = max(out["jax_bf16"], out["torch_bf16"])
+    out["n"] = n
+    return out
+
+
+# ---------------------------------------------------------------------------------------- end to end
+def run_extract(manifest: Path, args, weights: Path | None) -> dict:
+    """``popjax extract`` in a fresh process, into a fresh directory (as extraction.end_to_end, plus --weights)."""
+    import shutil
+    import subprocess
+
+    out = Path(tempfile.mkdtemp(prefix="popjax-bench-extract-"))
+    cmd = [sys.executable, "-m", "popjax.cli", "extract", "--manifest", str(manifest), "--out", str(out),
+           "--num-frames", str(args.num_frames), "--batch-size", str(args.e2e_batch_size), "--quiet"]
+    if weights is not None:
+        cmd += ["--weights", str(weights)]
+    try:
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"popjax extract failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        report = json.loads((out / "report.json").read_text())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    n, loop = report["extracted"], report["throughput"]
+    return {"weights": "--weights (converted)" if weights else "random + BN calibration",
+            "videos": n, "wall_s": round(wall, 2), "videos_per_s": round(n / wall, 3),
+            "process_start_s": round(wall - report["seconds_total"], 2),
+            "extract_seconds_total": report["seconds_total"],
+            "outside_loop_s": round(report["seconds_total"] - loop["seconds"], 2),
+            "loop_s": loop["seconds"], "loop_videos_per_s": loop["videos_per_s"]}
+
+
+def end_to_end(args, weights: Path, backbone_fps: float | None, ort_fps: float | None) -> dict:
+    import extraction
+
+    ns = Namespace(num_frames=args.num_frames, batch_size=args.e2e_batch_size, workers=0, runs=args.decode_runs)
+    manifest, videos = extraction.demo_corpus(Path(args.corpus).absolute(), args.videos)
+    out = {"extract": [run_extract(manifest, args, weights)]}
+    if not args.quick:
+        out["extract"].append(run_extract(manifest, args, None))
+    dec = extraction.decode_only(videos, ns)
+    out["decode_only"] = dec
+    e2e = out["extract"][0]
+    if backbone_fps:
+        bb = backbone_fps / args.num_frames
+        serial = 1 / (1 / dec["videos_per_s"] + 1 / bb)
+        out["backbone_videos_per_s"] = round(bb, 3)
+        out["serial_bound_videos_per_s"] = round(serial, 3)
+        out["overlap_bound_videos_per_s"] = round(min(bb, dec["videos_per_s"]), 3)
+        out["wall_over_serial_bound"] = round(e2e["videos_per_s"] / serial, 3)
+        out["loop_over_serial_bound"] = round(e2e["loop_videos_per_s"] / serial, 3)
+    if ort_fps:
+        bb = ort_fps / args.num_frames
+        out["onnxruntime_backbone_videos_per_s"] = round(bb, 3)
+        out["onnxruntime_serial_bound_videos_per_s"] = round(1 / (1 / dec["videos_per_s"] + 1 / bb), 3)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 8 32 (quick: 18)")
+    parser.add_argument("--calls", type=int, default=None, help="timed calls per row, median (default 5; quick 3)")
+    parser.add_argument("--devices", choices=("all", "one"), default="all",
+                        help="JAX CPU devices: 'all' = one per core as the popjax CLI (default), 'one' = JAX's default")
+    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--videos", type=int, default=None, help="end-to-end corpus size (default 24; quick 8)")
+    parser.add_argument("--num-frames", type=int, default=18)
+    parser.add_argument("--e2e-batch-size", type=int, default=None,
+                        help="popjax extract --batch-size (default 32 -> 36-frame calls; quick 18)")
+    parser.add_argument("--decode-runs", type=int, default=None, help="decode-only repetitions (default 3; quick 1)")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end popjax extract part")
+    parser.add_argument("--corpus", default="benchmarks/out/demo_corpus", help="kept between runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 18, 3 calls, no single-device bf16, 8 videos end to end: < 3 min on 2 cores")
+    parser.add_argument("--out", default="benchmarks/out/extract_throughput.json")
+    args = parser.parse_args()
+    q = args.quick
+    args.batch_sizes = args.batch_sizes or ([18] if q else [8, 32])
+    args.calls = args.calls or (3 if q else 5)
+    args.videos = args.videos or (8 if q else 24)
+    args.e2e_batch_size = args.e2e_batch_size or (18 if q else 32)
+    args.decode_runs = args.decode_runs or (1 if q else 3)
+
+    from popjax import parallel
+    from popjax.extract import frames_per_call
+
+    if args.devices == "all":
+        parallel.use_all_cpu_cores()   # before JAX starts, as the popjax CLI does
+    import jax
+    import onnxruntime as ort
+    import torch
+
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    doc = {"what": "ResNet50 224x224 features, uint8 frames -> float32 [B, 2048], preprocessing included; "
+                   "random weights shared by all implementations", "quick": q, "environment": environment()}
+    t_start = time.perf_counter()
+
+    work = Path(tempfile.mkdtemp(prefix="popjax-bench-throughput-"))
+    prep = prepare(work, args)
+    flop_per_image = 2 * prep["macs"]
+    doc["model"] = {"conv_macs_per_image": prep["macs"], "flop_per_image": flop_per_image,
+                    "note": "convolutions only (BN, ReLU, pooling, preprocessing not counted); torchvision quotes "
+                            "4.09 GMACs incl. the 2.05 M-MAC classifier", "setup_s": prep["setup_s"]}
+    print(f"{jax.device_count()} JAX {jax.default_backend()} devices, {cores} cores, torch threads "
+          f"{torch.get_num_threads()}; ResNet50 conv MACs/image {prep['macs'] / 1e9:.3f} G "
+          f"({flop_per_image / 1e9:.2f} GFLOP); setup {prep['setup_s']} s")
+
+    rng = np.random.default_rng(args.seed)
+    e2e_call = frames_per_call(args.e2e_batch_size, args.num_frames)
+    configs = []  # (impl, variant, dtype, batch)
+    for b in args.batch_sizes:
+        for dt in ("fp32", "bf16"):
+            configs.append(("popjax", "all", dt, b))
+            if dt == "fp32" or not q:
+                configs.append(("popjax", "one", dt, b))
+    if not args.no_e2e and e2e_call not in args.batch_sizes:
+        configs.append(("popjax", "all", "fp32", e2e_call))   # the backbone rate of the end-to-end bound
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    for b in args.batch_sizes:
+        for p in providers:
+            configs.append(("onnxruntime", p, "fp32", b))
+        for dt in ("fp32", "bf16"):
+            configs.append(("torch", "eager", dt, b))
+            if args.torch_compile:
+                configs.append(("torch", "compile", dt, b))
+    if args.devices == "one":
+        configs = [c for c in configs if not (c[0] == "popjax" and c[1] == "one")]
+
+    rows, outputs = [], {}
+    frames_by_batch = {}
+    for impl, variant, dt, b in configs:
+        frames = frames_by_batch.setdefault(b, rng.integers(0, 256, (b, IMAGE, IMAGE, 3), np.uint8))
+        info = {}
+        try:
+            if impl == "popjax":
+                run, info = popjax_runner(prep["popjax_dir"], b, dt, variant)
+                label = f"popjax jit, {info['devices']} device{'s' if info['devices'] > 1 else ''}"
+            elif impl == "torch":
+                run, info = torch_runner(prep["wrapped"], dt, compile_=variant == "compile")
+                label = f"torch {variant}, channels_last"
+            else:
+                run, info = ort_runner(prep["onnx"], variant, cores)
+                label = f"onnxruntime {variant.replace('ExecutionProvider', '')} EP"
+            r = measure(run, frames, args.calls)
+        except Exception as e:  # torch.compile without a working toolchain, a missing EP, ...
+            rows.append({"impl": impl, "variant": variant, "dtype": dt, "batch": b, "skipped": f"{type(e).__name__}: {e}"[:300]})
+            print(f"{impl} {variant} {dt} batch {b}: SKIPPED ({rows[-1]['skipped'][:120]})")
+            continue
+        outputs[(impl, variant, dt, b)] = r.pop("_out")
+        gflops = r["frames_per_s"] * flop_per_image / 1e9
+        rows.append({"impl": impl, "variant": variant, "label": label, "dtype": dt, "batch": b, **info, **r,
+                     "achieved_gflop_per_s": round(gflops, 1)})
+        print(f"  {label:34s} {dt:4s} batch {b:3d}: {r['frames_per_s']:7.2f} frames/s  "
+              f"(first call {r['first_call_s']} s)", flush=True)
+
+    # Agreement with torch fp32 eager on the same frames (first batch size).
+    b0 = args.batch_sizes[0]
+    ref = outputs.get(("torch", "eager", "fp32", b0))
+    agreement = {}
+    if ref is not None:
+        for key, out in outputs.items():
+            if key[3] == b0 and key != ("torch", "eager", "fp32", b0):
+                spread = float(np.max(np.abs(ref - ref.mean(0))))
+                agreement[" ".join(map(str, key[:3]))] = {
+                    "rel_err": rel_err(out, ref), "max_abs_over_spread": float(np.max(np.abs(out - ref))) / spread}
+    doc["agreement_vs_torch_fp32"] = {"batch": b0, "rel_err": "max|a-b| / max|b|",
+                                      "max_abs_over_spread": "max|a-b| / max|b - mean over frames of b|",
+                                      "outputs": agreement,
+                                      "feature_max_abs": float(np.max(np.abs(ref))) if ref is not None else None}
+
+    peaks = matmul_peaks(args.matmul_n, 3 if q else 5)
+    for r in rows:
+        if "frames_per_s" in r:
+            r["fraction_of_peak"] = round(r["achieved_gflop_per_s"] / peaks[f"peak_{r['dtype']}"], 3)
+            r["fraction_of_fp32_peak"] = round(r["achieved_gflop_per_s"] / peaks["peak_fp32"], 3)
+    doc["matmul_gflop_per_s"] = peaks
+    doc["rows"] = rows
+
+    if not args.no_e2e:
+        bb = next((r["frames_per_s"] for r in rows if r["impl"] == "popjax" and r["variant"] == "all"
+                   and r["dtype"] == "fp32" and r["batch"] == e2e_call and "frames_per_s" in r), None)
+        ort_cpu = [r["frames_per_s"] for r in rows if r["impl"] == "onnxruntime"
+                   and r["variant"] == "CPUExecutionProvider" and "frames_per_s" in r]
+        print(f"end to end: popjax extract on {args.videos} demo videos ...", flush=True)
+        doc["end_to_end"] = end_to_end(args, prep["popjax_dir"], bb, max(ort_cpu) if ort_cpu else None)
+        doc["end_to_end"]["backbone_call_frames"] = e2e_call
+    doc["seconds_total"] = round(time.perf_counter() - t_start, 1)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------ report
+    print(f"\nResNet50 features, uint8 frames -> float32 [B, 2048], preprocessing inside the timed region; "
+          f"{cores} cores, {jax.device_count()} JAX devices")
+    print(f"{'implementation':36s} {'dtype':5s} {'batch':>5s} {'frames/s':>9s} {'ms/batch':>9s} "
+          f"{'GFLOP/s':>8s} {'%peak':>6s} {'%fp32pk':>7s}")
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['impl'] + ' ' + r['variant']:36s} {r['dtype']:5s} {r['batch']:5d}  skipped: {r['skipped'][:60]}")
+            continue
+        print(f"{r['label']:36s} {r['dtype']:5s} {r['batch']:5d} {r['frames_per_s']:9.2f} {r['ms_per_batch']:9.1f} "
+              f"{r['achieved_gflop_per_s']:8.1f} {100 * r['fraction_of_peak']:5.1f}% {100 * r['fraction_of_fp32_peak']:6.1f}%")
+    print("onnxruntime bf16: not run (the CPU EP has no bf16 convolution kernels)")
+    print(f"\nmatmul {peaks['n']}^3 GFLOP/s: jnp.dot fp32 {peaks['jax_fp32']}, bf16 {peaks['jax_bf16']}; "
+          f"torch.mm fp32 {peaks['torch_fp32']}, bf16 {peaks['torch_bf16']} "
+          f"(peaks: fp32 {peaks['peak_fp32']}, bf16 {peaks['peak_bf16']})")
+    print(f"\nagreement with torch fp32 eager (batch {b0}): max|a-b|/max|b|, and max|a-b| / max|b - mean_frames b|")
+    for k, v in agreement.items():
+        print(f"  {k:40s} {v['rel_err']:.2e}  {v['max_abs_over_spread']:.2e}")
+    if "end_to_end" in doc:
+        e = doc["end_to_end"]
+        print(f"\nend to end, {args.videos} demo videos x {args.num_frames} frames (backbone calls of {e2e_call} frames)")
+        print(f"{'':44s} {'videos/s':>9s}")
+        for x in e["extract"]:
+            print(f"{'popjax extract ' + x['weights'] + ', wall':44s} {x['videos_per_s']:9.3f}   "
+                  f"start {x['process_start_s']} s + outside loop {x['outside_loop_s']} s + loop {x['loop_s']} s")
+            print(f"{'  its decode+encode loop (incl. 1st compile)':44s} {x['loop_videos_per_s']:9.3f}")
+        print(f"{'decode only (sample_frames, 1 thread/core)':44s} {e['decode_only']['videos_per_s']:9.3f}")
+        if "backbone_videos_per_s" in e:
+            print(f"{'backbone only (popjax fp32, all devices)':44s} {e['backbone_videos_per_s']:9.3f}")
+            print(f"{'bound 1/(1/decode + 1/backbone)':44s} {e['serial_bound_videos_per_s']:9.3f}")
+            print(f"{'bound min(decode, backbone)':44s} {e['overlap_bound_videos_per_s']:9.3f}")
+            print(f"loop / serial bound = {e['loop_over_serial_bound']}, wall / serial bound = "
+                  f"{e['wall_over_serial_bound']}")
+        if "onnxruntime_serial_bound_videos_per_s" in e:
+            print(f"{'serial bound with the onnxruntime backbone':44s} {e['onnxruntime_serial_bound_videos_per_s']:9.3f}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(finish(doc), indent=2, default=str) + "\n")
+    print(f"\n{doc['seconds_total']} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
