@@ -37,13 +37,14 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=False).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "popjax"], cwd=REPO, capture_output=True,
-                                    text=True).stdout.strip())
+                                    text=True, check=False).stdout.strip())
     except OSError:
         commit, dirty = None, None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -1,30 +1,38 @@
 """Training throughput of the popularity models (popjax vs an equivalent PyTorch implementation), Grad-CAM
-latency, and a biLSTM micro-benchmark of ways to run the recurrence.
+latency, and a biLSTM micro-benchmark of ways to run the recurrence. Synthetic data; all sizes as configs/default.py.
 
-1. Headline biLSTM (Table 1 "headline" rows): T = 20 tokens, B = 64, frozen 300-d word vectors, LSTM hidden
-   128 per direction, head 128, AdamW + warm-up/cosine, dropout 0.1/0.3 (configs/default.py), pooling
-   ``last`` and ``attention``. popjax: ``popjax.training.Program(...).train_step`` jitted
-   - as ``training.fit`` runs it: ``jax.jit(jax.vmap(step))`` over stacked trials (1 trial; and the default
-     3 seeds in full runs), parameters replicated and the batch split over the ``data`` mesh of all devices
-     (``train.py`` calls ``parallel.use_all_cpu_cores()`` first, so one CPU device per core); once with a
-     batch already on the devices, once with fit's per-step host batch assembly (``training.global_batch``);
-   - ``jax.jit(jax.vmap(step))`` of 1 trial on one device;
-   - a plain ``jax.jit(step)`` (no vmap) on one device.
-   PyTorch: nn.LSTM(bidirectional) over packed sequences (exact for variable lengths, as popjax's
-   ``seq_lengths``), and over padded sequences (cheaper, not exact for the backward direction); the same
-   attention and head; torch.optim.AdamW + LambdaLR; torch threads = cores.
+1. Headline biLSTM (Table 1 "headline" rows): T = 20 tokens (lengths 3..20), B = 64, frozen 300-d word vectors,
+   LSTM hidden 128 per direction, head 128, AdamW + warm-up/cosine, dropout 0.1/0.3, pooling ``last`` and
+   ``attention``. popjax: ``popjax.training.Program(...).train_step``, jitted
+   - ``fit``:      as ``training.fit`` runs it: ``jax.jit(jax.vmap(step))`` over stacked trials (1 trial; also the
+                   default 3 seeds in full runs), parameters replicated and the batch split over the ``data``
+                   mesh of all devices (``train.py`` calls ``parallel.use_all_cpu_cores()``: one CPU device per
+                   core), the batch already on the devices;
+   - ``fit_host``: the same plus fit's per-step host batch assembly (``training.global_batch``);
+   - ``vmap1``:    ``jax.jit(jax.vmap(step))`` of 1 trial on one device;
+   - ``plain``:    ``jax.jit(step)`` (no vmap) on one device.
+   The popjax variants of a model are timed in interleaved rounds (A B C A B C ...), so that the drifting load of
+   a shared machine treats them alike. PyTorch: nn.LSTM(bidirectional) over packed sequences (exact for variable
+   lengths, as popjax's ``seq_lengths``) and over padded ones (not exact for the backward direction); the same
+   attention and head; torch.optim.AdamW + LambdaLR warm-up/cosine; torch threads = cores (``--torch-threads``).
 2. Multimodal (video attention over 18 x 2048 features + attention headline): encoders frozen as the default
-   config trains it (``multimodal.finetune=False``: ``freeze=training.ENCODERS``) and fine-tuned; torch: the
-   same with ``requires_grad=False`` on the encoders.
+   config trains it (``multimodal.finetune=False`` -> ``freeze=training.ENCODERS``) and fine-tuned; torch the
+   same with ``requires_grad=False`` on the encoders. For scale: the head alone on cached [B, 512] encoder
+   embeddings (all a frozen-encoder run needs to train), and the video model alone.
 3. Grad-CAM: ``popjax.explain.gradcam.make_explainer`` with a random ``Backbone`` (ResNet50) and a multimodal
-   ``PopularityModel`` (default sizes, small vocabulary), per 18-frame video, batches of 1 (and 4 in full
-   runs), after warm-up; vs the forward-only explainer (``gradients=False``) and ``Backbone.features``.
-4. biLSTM micro-benchmark: forward + backward of the biLSTM encoder alone (same sizes, variable lengths), as
-   popjax runs it (``nn.RNN(OptimizedLSTMCell)``, input projection inside the scan), with ``unroll``, and in
-   plain JAX with the input projections of all time steps in one matmul outside the scan, with both
-   directions in one scan; each checked against the flax outputs and gradients.
+   ``PopularityModel`` (default sizes, 1000-word vocabulary), ms per 18-frame video, batches of 1 (and 4 in full
+   runs) after a warm-up call, interleaved rounds; the Grad-CAM explainer and the forward-only one
+   (``gradients=False``), with three placements of the inputs: as ``popjax explain`` passes them (Backbone
+   variables replicated over every local device), on one device, and with the frames split over the devices;
+   full runs also time ``Backbone.features`` on the same frames.
+4. biLSTM micro-benchmark: ``value_and_grad`` of the biLSTM encoder alone (same sizes), as popjax runs it
+   (``nn.RNN(OptimizedLSTMCell)``: the input projection inside the scan), with ``unroll``, under ``jax.vmap``,
+   with half the padded length, and in plain JAX: input projection in the scan, all time steps' input
+   projections in one matmul outside the scan, and that plus both directions in one scan; each checked against
+   the flax loss and gradients; interleaved rounds; torch nn.LSTM (packed) for reference.
 
-    python benchmarks/train_throughput.py [--quick] [--out benchmarks/out/train_throughput.json]
+    python benchmarks/train_throughput.py [--quick] [--sections headline multimodal gradcam lstm]
+                                          [--out benchmarks/out/train_throughput.json]
 """
 from __future__ import annotations
 
@@ -40,7 +48,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-
 from _env import environment, finish, median, rel_err  # noqa: E402
 
 T_WORDS, BATCH, WORD_DIM, HIDDEN, N_FRAMES, FEAT = 20, 64, 300, 128, 18, 2048
@@ -54,7 +61,7 @@ def static_config(modality: str, headline_pooling: str) -> dict:
 
 
 def synthetic_data(args, modality: str, seed: int = 0) -> dict:
-    """One batch-worth pool of host arrays (``training.model_inputs`` layout) and the frozen word table."""
+    """A pool of 4 batches of host arrays (``training.model_inputs`` layout) and the frozen word table."""
     rng = np.random.default_rng(seed)
     n = 4 * BATCH
     arrays = {"label": rng.integers(0, 2, n).astype(np.int32), "normalized_views": rng.random(n).astype(np.float32)}
@@ -99,16 +106,21 @@ def interleaved(calls: dict, rounds: int, per_round: int = 1) -> dict:
 
 
 def frozen_collection(model, batch, table) -> dict:
-    """The model's own ``frozen`` collection (whatever it holds: word vectors, feature statistics, ...) with the
-    word vectors replaced by ``table``."""
+    """The model's ``frozen`` collection, whatever it holds, at its defaults (found with ``jax.eval_shape``, so
+    nothing runs: ``std``/``scale`` leaves 1, others 0, e.g. the identity feature standardisation) with the
+    word vectors set to ``table``."""
     import jax
 
-    frozen = jax.device_get(model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                                       batch).get("frozen", {}))
-    frozen = jax.tree.map(np.asarray, dict(frozen))
-    if "headline_encoder" in frozen:
-        frozen["headline_encoder"] = {**frozen["headline_encoder"], "word_vectors": table}
-    return frozen
+    shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                                               batch)).get("frozen", {})
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "word_vectors":
+            return table
+        return (np.ones if name in ("std", "scale") else np.zeros)(leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, dict(shapes))
 
 
 # ------------------------------------------------------------------------------------------- popjax
@@ -123,21 +135,21 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
     arrays = data["arrays"]
     program = training.Program(static_config(modality, pooling), args.vocab, WORD_DIM, total_steps=100_000,
                                warmup_steps=100, freeze=tuple(freeze))
-    frozen = frozen_collection(program.model(), training.global_batch(
-        arrays, *next(training.batch_indices(len(arrays["label"]), BATCH)), parallel.data_mesh(jax.devices()[:1])),
-        data["table"])
-    rows = []
+    rows, calls, compiled = [], {}, {}
     one = parallel.data_mesh(jax.devices()[:1])
     full = parallel.data_mesh()
-    compiled = {}
+    idx, w = next(training.batch_indices(len(arrays["label"]), BATCH))
+    sample = training.global_batch(arrays, idx, w, one)
+    frozen = frozen_collection(program.model(), sample, data["table"])
+    all_hps = [{**HP, "seed": s} for s in range(max(trials))]
+    # eagerly, one by one, as fit does; kept on the host and placed afresh for each variant (steps donate it)
+    all_states = [jax.device_get(program.init(hp, sample, frozen)) for hp in all_hps]
     for variant in variants:
         for n_trials in (trials if variant in ("fit", "fit_host") else (1,)):
             mesh = full if variant in ("fit", "fit_host") else one
-            idx, w = next(training.batch_indices(len(arrays["label"]), BATCH))
             batch = training.global_batch(arrays, idx, w, mesh)
             frozen_d = jax.device_put(frozen, parallel.replicated(mesh))
-            hps = [{**HP, "seed": s} for s in range(n_trials)]
-            states = [program.init(hp, batch, frozen_d) for hp in hps]    # eagerly, one by one (as fit)
+            hps, states = all_hps[:n_trials], all_states[:n_trials]
             t0 = time.perf_counter()
             key = ("fit" if variant == "fit_host" else variant, n_trials)
             if variant == "plain":
@@ -149,27 +161,43 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
                 hp = {k: np.asarray([h[k] for h in hps]) for k in hps[0]}
                 fn = compiled.setdefault(key, jax.jit(jax.vmap(program.train_step, in_axes=(0, None, 0, None)),
                                                       donate_argnums=(0,), out_shardings=parallel.replicated(mesh)))
-            holder = {"state": state}
-            order = np.random.default_rng(0)
-
-            def step():
-                b = batch
-                if variant == "fit_host":   # fit gathers each batch on the host and lays it out over the mesh
-                    i = order.integers(0, len(arrays["label"]), BATCH)
-                    b = training.global_batch(arrays, i, np.ones(BATCH, np.float32), mesh)
-                holder["state"], loss = fn(holder["state"], b, hp, frozen_d)
-                return loss
-
+            step = make_step(fn, state, batch, hp, frozen_d, arrays if variant == "fit_host" else None, mesh)
             jax.block_until_ready(step())
             compile_s = time.perf_counter() - t0
-            r = rate(step, args.steps, args.max_seconds)
+            jax.block_until_ready(step())
+            calls[(variant, n_trials)] = step
             rows.append({"impl": "popjax", "modality": modality, "pooling": pooling, "freeze": list(freeze),
                          "variant": variant, "trials": n_trials, "devices": mesh.size,
-                         "first_call_s": round(compile_s, 2), "steps_per_s": round(r, 1),
-                         "trial_steps_per_s": round(r * n_trials, 1), "ms_per_step": round(1e3 / r, 2)})
-            print(f"  popjax {modality:10s} {pooling:9s} {variant:8s} trials={n_trials} dev={mesh.size} "
-                  f"freeze={bool(freeze)}: {r:7.1f} steps/s (first call {compile_s:.1f} s)", flush=True)
+                         "first_call_s": round(compile_s, 2)})
+    # Timed in interleaved rounds (every variant in turn), so that a drifting machine load treats them alike.
+    k = args.steps_per_round
+    med = interleaved({key: (lambda f=f: jax.block_until_ready([f() for _ in range(k)][-1])) for key, f in calls.items()},
+                      args.rounds)
+    for row in rows:
+        r = k / med[(row["variant"], row["trials"])]
+        row.update(steps_per_s=round(r, 1), trial_steps_per_s=round(r * row["trials"], 1), ms_per_step=round(1e3 / r, 2))
+        print(f"  popjax {modality:10s} {pooling:9s} {row['variant']:8s} trials={row['trials']} dev={row['devices']} "
+              f"freeze={bool(freeze)}: {r:7.1f} steps/s (first call {row['first_call_s']:.1f} s)", flush=True)
     return rows
+
+
+def make_step(fn, state, batch, hp, frozen, host_arrays, mesh):
+    """One train step per call (the state carried along); with ``host_arrays`` each call first gathers a
+    random batch on the host and lays it out over ``mesh`` as ``training.fit`` does."""
+    from popjax import training
+
+    holder = {"state": state}
+    order = np.random.default_rng(0)
+
+    def step():
+        b = batch
+        if host_arrays is not None:
+            i = order.integers(0, len(host_arrays["label"]), BATCH)
+            b = training.global_batch(host_arrays, i, np.ones(BATCH, np.float32), mesh)
+        holder["state"], loss = fn(holder["state"], b, hp, frozen)
+        return loss
+
+    return step
 
 
 def head_only_rate(args) -> dict:
@@ -284,7 +312,7 @@ def torch_model(table, modality: str, pooling: str, packed: bool):
     return Model()
 
 
-def torch_rates(args, modality: str, pooling: str, packed: bool = True, freeze: bool = False) -> dict:  # noqa: C901
+def torch_rates(args, modality: str, pooling: str, packed: bool = True, freeze: bool = False) -> dict:
     import torch
 
     data = synthetic_data(args, modality)
@@ -335,9 +363,7 @@ def gradcam(args) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from popjax import Backbone
+    from popjax import Backbone, parallel
     from popjax.explain.gradcam import make_explainer
     from popjax.models import build_model
 
@@ -361,15 +387,17 @@ def gradcam(args) -> dict:
     #            computation once per device (replicated);
     #   1 device: the variables on one device;
     #   frames split: variables replicated, frames [B, N, ...] split over the devices on the frame axis N.
-    placements = {"explain": (bb.variables, None),
+    placements = {"replicated": (bb.variables, None),
                   "1 device": (jax.device_put(bb.variables, jax.devices()[0]), None)}
-    if mesh.size > 1 and N_FRAMES % mesh.size == 0:
-        placements["frames split"] = (bb.variables, NamedSharding(mesh, P(None, "data")))
+    if mesh.size > 1:
+        placements["explain (split)"] = (bb.variables, "split")
     out = {"setup_s": round(setup_s, 1), "backbone": bb.description, "local_devices": mesh.size,
-           "placements": {"explain": "as popjax explain: Backbone variables replicated over all local devices, "
-                                     "host frames (the computation runs replicated on every device)",
+           "placements": {"replicated": "Backbone variables replicated over all local devices, host frames: the "
+                                        "whole computation runs on every device (popjax explain before 2026-11-29)",
                           "1 device": "the variables on one device",
-                          "frames split": "variables replicated, frames split over the devices on the frame axis"},
+                          "explain (split)": "as popjax explain: variables replicated, the frames split over the "
+                                             "devices (videos if they divide evenly, else the frames of each video; "
+                                             "parallel.split_sharding)"},
            "rows": []}
     for b in args.gradcam_batches:
         frames = rng.integers(0, 256, (b, N_FRAMES, 224, 224, 3), np.uint8)
@@ -377,19 +405,22 @@ def gradcam(args) -> dict:
         lengths = np.full((b,), 12, np.int32)
         calls, info = {}, {}
         for name, (variables, frame_sharding) in placements.items():
-            x = frames if frame_sharding is None else jax.device_put(frames, frame_sharding)
+            x = frames if frame_sharding is None else jax.device_put(
+                frames, parallel.split_sharding(mesh, frames.shape, (0, 1)))
             for g in (True, False):
-                if not g and args.quick and name != "1 device":
+                if not g and args.quick and name != "explain (split)":
                     continue
                 fn = fns[g]
-                call = lambda fn=fn, v=variables, x=x: jax.block_until_ready(fn(v, mvars, x, tokens, lengths))  # noqa: E731
+                call = lambda fn=fn, v=variables, x=x, t=tokens, n=lengths: jax.block_until_ready(  # noqa: E731
+                    fn(v, mvars, x, t, n))
                 t = time.perf_counter()
                 result = call()
                 info[(name, g)] = (time.perf_counter() - t, len(result["score"].sharding.device_set))
                 calls[(name, g)] = call
-        flat = frames.reshape(-1, 224, 224, 3)
-        bb.features(flat)
-        calls[("features", None)] = lambda: bb.features(flat)
+        if not args.quick:
+            flat = frames.reshape(-1, 224, 224, 3)
+            bb.features(flat)
+            calls[("features", None)] = lambda flat=flat: bb.features(flat)
         med = interleaved(calls, args.gradcam_calls)
         for (name, g), s in med.items():
             if name == "features":
@@ -399,14 +430,14 @@ def gradcam(args) -> dict:
             out["rows"].append({"what": what, "placement": name, "videos": b, "devices_computing": ndev,
                                 "first_call_s": round(first, 1), "ms_per_call": round(1e3 * s),
                                 "ms_per_video": round(1e3 * s / b), "calls": args.gradcam_calls})
-            print(f"  {what:31s} {name:12s} {b} video(s): {1e3 * s / b:7.0f} ms/video "
+            print(f"  {what:31s} {name:15s} {b} video(s): {1e3 * s / b:7.0f} ms/video "
                   f"(first call {first:.1f} s)", flush=True)
-        s = med[("features", None)]
-        # the backbone alone, as extract runs it (batch split over all devices), timed in the same rounds
-        out["rows"].append({"what": "Backbone.features", "placement": f"batch split over {mesh.size} devices",
-                            "videos": b, "devices_computing": mesh.size, "ms_per_call": round(1e3 * s),
-                            "ms_per_video": round(1e3 * s / b), "calls": args.gradcam_calls})
-        print(f"  {'Backbone.features':31s} {'split':12s} {b} video(s): {1e3 * s / b:7.0f} ms/video", flush=True)
+        if ("features", None) in med:
+            s = med[("features", None)]
+            out["rows"].append({"what": "Backbone.features", "placement": f"batch split over {mesh.size} devices",
+                                "videos": b, "devices_computing": mesh.size, "ms_per_call": round(1e3 * s),
+                                "ms_per_video": round(1e3 * s / b), "calls": args.gradcam_calls})
+            print(f"  {'Backbone.features':31s} {'split':12s} {b} video(s): {1e3 * s / b:7.0f} ms/video", flush=True)
     return out
 
 
@@ -510,9 +541,12 @@ def lstm_micro(args) -> dict:
     half, x_half = T // 2, x[:, :T // 2]
     len_half = jnp.minimum(lengths, half)
     mask_half, cot_half = mask[:, :half], cot[:, :half]
-    variants[f"flax nn.RNN, T={half} instead of {T} (cost vs padded length)"] = (
-        "short", lambda p: (lambda o, h: jnp.sum(jnp.where(mask_half, o, 0.0) * cot_half) + jnp.sum(h * cot_last))(
-            *FlaxBiLSTM().apply({"params": p}, x_half, len_half)))
+
+    def short(p):
+        o, h = FlaxBiLSTM().apply({"params": p}, x_half, len_half)
+        return jnp.sum(jnp.where(mask_half, o, 0.0) * cot_half) + jnp.sum(h * cot_last)
+
+    variants[f"flax nn.RNN, T={half} instead of {T} (cost vs padded length)"] = ("short", short)
     variants["plain JAX, projection in scan"] = ("plain", lambda p: loss_of(*plain(p, x, lengths, False, False)))
     for unroll in args.lstm_unrolls:
         variants[f"precomputed projection, unroll={unroll}"] = (
@@ -555,7 +589,7 @@ def lstm_micro(args) -> dict:
     xt, lt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(lengths)).long()
     ct, clt, mt = (torch.from_numpy(np.array(a)) for a in (cot, cot_last, mask))
 
-    def torch_step():  # noqa: E306
+    def torch_step():
         out, (h_n, _) = lstm(pack_padded_sequence(xt, lt, batch_first=True, enforce_sorted=False))
         h, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
         loss = (h * mt * ct).sum() + (torch.cat([h_n[0], h_n[1]], -1) * clt).sum()
@@ -573,14 +607,17 @@ def lstm_micro(args) -> dict:
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="timed train steps per row (default 100; quick 20)")
+    parser.add_argument("--steps", type=int, default=None, help="timed torch steps per row (default 100; quick 20)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="popjax train steps: interleaved rounds over the variants (default 10; quick 4)")
+    parser.add_argument("--steps-per-round", type=int, default=None, help="default 10; quick 5")
     parser.add_argument("--vocab", type=int, default=20_000, help="rows of the frozen word table")
     parser.add_argument("--gradcam-batches", type=int, nargs="+", default=None, help="videos per call (default 1 4; quick 1)")
     parser.add_argument("--gradcam-calls", type=int, default=None,
                         help="timed rounds after the first call, every placement in turn (default 3; quick 2)")
     parser.add_argument("--lstm-rounds", type=int, default=None,
                         help="micro-benchmark rounds of 3 calls of every variant, interleaved (default 20; quick 7)")
-    parser.add_argument("--lstm-unrolls", type=int, nargs="+", default=None, help="scan unroll factors (default 1 4 20; quick 1 20)")
+    parser.add_argument("--lstm-unrolls", type=int, nargs="+", default=None, help="scan unroll factors (default 1 4 20; quick 1)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop a row's timed loop after this long (default 30; quick 2.5)")
     parser.add_argument("--torch-threads", type=int, default=0, help="0: one per core (default)")
@@ -593,11 +630,13 @@ def main() -> None:
     args = parser.parse_args()
     q = args.quick
     args.steps = args.steps or (20 if q else 100)
-    args.max_seconds = args.max_seconds or (2.0 if q else 30.0)
+    args.max_seconds = args.max_seconds or (1.5 if q else 30.0)
+    args.rounds = args.rounds or (4 if q else 10)
+    args.steps_per_round = args.steps_per_round or (5 if q else 10)
     args.gradcam_batches = args.gradcam_batches or ([1] if q else [1, 4])
     args.gradcam_calls = args.gradcam_calls or (2 if q else 3)
     args.lstm_rounds = args.lstm_rounds or (7 if q else 20)
-    args.lstm_unrolls = args.lstm_unrolls or ([1, 20] if q else [1, 4, 20])
+    args.lstm_unrolls = args.lstm_unrolls or ([1] if q else [1, 4, 20])
 
     from popjax import parallel
 
@@ -613,9 +652,9 @@ def main() -> None:
                      "frames": N_FRAMES, "feature_dim": FEAT, "vocab": args.vocab, "hparams": HP}}
     print(f"{jax.device_count()} JAX {jax.default_backend()} devices, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
-        print("  (busy machine: every number is depressed, torch's with threads = cores most: its OpenMP regions "
-              "wait for threads that other processes keep off the cores)")
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        print("  (the machine looks busy: every number is depressed, torch's with threads = cores most: its OpenMP "
+              "regions wait for threads that other processes keep off the cores)")
     t_start = time.perf_counter()
     rows = []
     sections_s = doc["sections_s"] = {}

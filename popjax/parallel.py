@@ -45,6 +45,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA))
 
 
+def split_sharding(mesh: Mesh, shape, axes=(0,)) -> NamedSharding:
+    """The first of ``axes`` whose length divides evenly over ``data`` is split; none: replicated.
+
+    E.g. the 18 frames of one video (axis 1 of [B, N, H, W, 3]) spread over the devices, where a batch of one
+    video cannot be.
+    """
+    for axis in axes:
+        if shape[axis] % mesh.size == 0:
+            return NamedSharding(mesh, P(*([None] * axis), DATA))
+    return replicated(mesh)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
