@@ -55,6 +55,8 @@ def load_data(features_dir, modality: str) -> dict:
         if not arrays:
             raise ValueError(f"{features_dir}: the {split!r} split is empty; training needs train, val and test")
         data[split] = training.model_inputs(arrays, modality)
+    if modality != "video":
+        trim_headlines(data)
     vectors = np.load(features_dir / meta["word_vectors"], allow_pickle=False)
     frozen = {}
     if modality != "headline":
@@ -63,6 +65,19 @@ def load_data(features_dir, modality: str) -> dict:
         frozen["headline_encoder"] = {"word_vectors": vectors}
     return {"splits": data, "meta": meta, "frozen": frozen, "vocab_size": int(vectors.shape[0]),
             "word_dim": int(vectors.shape[1])}
+
+
+def trim_headlines(splits: Mapping[str, dict]) -> int:
+    """Cut the token arrays of every split (in place) to the corpus's longest headline instead of
+    ``max_words``; returns that length T.
+
+    The biLSTM's cost grows with T (demo: 32 -> 10), while its outputs do not depend on padding (lengths are
+    exact in both directions, attention masks it), so the models are the same up to float rounding.
+    """
+    longest = max(int(np.max(s["lengths"], initial=0)) for s in splits.values())
+    for s in splits.values():
+        s["tokens"] = s["tokens"][:, :max(1, longest)]
+    return max(1, longest)
 
 
 def feature_statistics(features: np.ndarray, eps: float = 1e-6) -> dict:

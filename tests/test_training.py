@@ -303,6 +303,24 @@ def test_vmapped_trials_equal_trials_trained_alone(features):
     assert search.best_trial(results) in trials
 
 
+def test_headlines_trimmed_to_the_longest_train_the_same_model(features):
+    data = experiment.load_data(features, "headline")
+    splits = data["splits"]
+    longest = max(int(s["lengths"].max()) for s in splits.values())
+    assert all(s["tokens"].shape[1] == longest for s in splits.values())
+    padded = {k: {**s, "tokens": np.pad(s["tokens"], ((0, 0), (0, 9)))} for k, s in splits.items()}
+    trial = {"modality": "headline", "frame_pooling": "attention", "headline_pooling": "attention",
+             "frame_embed_dim": 16, "frame_attention_dim": 8, "lstm_hidden": 8, "word_attention_dim": 8,
+             "head_hidden": 16, "batch_norm": False, "learning_rate": 1e-2, "weight_decay": 1e-4,
+             "input_dropout": 0.1, "dropout": 0.3, "seed": 0}
+    kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
+                  train_cfg={"batch_size": 16, "num_epochs": 3, "warmup_epochs": 1, "data_seed": 0})
+    short, long_ = (training.fit(d, search.static_part(trial), [trial], **kwargs) for d in (splits, padded))
+    assert short.best_epoch == long_.best_epoch and short.val[0]["accuracy"] == long_.val[0]["accuracy"]
+    assert math.isclose(short.test[0]["spearman"], long_.test[0]["spearman"], rel_tol=1e-5, abs_tol=1e-6)
+    assert_trees_equal(short.trial_variables(0), long_.trial_variables(0), atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------- 5. metrics
 def test_accuracy_matches_numpy():
     p = np.array([0.1, 0.5, 0.51, 0.9, 0.49, 0.7])

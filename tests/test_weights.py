@@ -14,8 +14,12 @@ from popjax.weights import WeightsError, convert, load_backbone
 RTOL = 1e-4
 
 
-def rel_err(a, b):
-    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+def rel_err(a, b, what=""):
+    """max |a - b| / max |b|; printed with ``what`` (``pytest -s -k parity`` shows the measured errors)."""
+    err = float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+    if what:
+        print(f"parity {what}: rel err {err:.2e}")
+    return err
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +79,9 @@ def test_keras_full_parity(keras_case, images):
     backbone = Backbone.load(out)
     x = backbone.preprocess(images)
     result = backbone.model.apply(backbone.variables, x)
-    assert rel_err(result["features"], keras_case["features"]) < RTOL
-    assert rel_err(result["logits"], keras_case["logits"]) < RTOL
-    assert rel_err(backbone.features(images), keras_case["features"]) < RTOL
+    assert rel_err(result["features"], keras_case["features"], "keras features") < RTOL
+    assert rel_err(result["logits"], keras_case["logits"], "keras logits") < RTOL
+    assert rel_err(backbone.features(images), keras_case["features"], "keras Backbone.features") < RTOL
 
 
 def test_keras_notop_via_cli(keras_case, images):
@@ -118,8 +122,8 @@ def test_torchvision_parity(torch_case, images, suffix):
     assert meta["variant"] == "v1.5" and meta["preprocessing"]["name"] == "torch"
     backbone = Backbone.load(out)
     result = backbone.model.apply(backbone.variables, backbone.preprocess(images))
-    assert rel_err(result["features"], torch_case["features"]) < RTOL
-    assert rel_err(result["logits"], torch_case["logits"]) < RTOL
+    assert rel_err(result["features"], torch_case["features"], f"torchvision{suffix} features") < RTOL
+    assert rel_err(result["logits"], torch_case["logits"], f"torchvision{suffix} logits") < RTOL
 
 
 # --------------------------------------------------------------------------------------------- errors
