@@ -1,0 +1,122 @@
+"""Where XLA:CPU spends ResNet50's time: the repeated convolution shapes (stride 1) and the stem, each alone, GFLOP/s, and rewrites of the
+slow ones (the 3x3 conv of stage 1 and the 7x7 stem) checked against ``lax.conv_general_dilated``.
+
+One JAX device (XLA's own intra-op threads), fp32, NHWC, batch ``--batch``; median of ``--calls`` calls after
+a warm-up. The rewrites are what one would try to route around a weak kernel:
+
+* ``im2col``:     the 9 shifted copies concatenated on channels, one dot with K = 9C;
+* ``rows3``:      3 horizontal shifts concatenated (K = 3C), 3 dots summed over the vertical shifts;
+* ``shift_out``:  one dot to all 9 taps' outputs (N = 9C'), then 9 shifted adds;
+* ``s2d stem``:   the 7x7 stride-2 stem as a 4x4 stride-1 conv on the 2x2 space-to-depth input (MLPerf TPU trick).
+
+    python benchmarks/conv_layers.py [--batch 32] [--calls 5] [--out benchmarks/out/conv_layers.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from _env import environment, finish, median, per_call  # noqa: E402
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(x, w, stride=1, padding="SAME"):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
+
+
+def pointwise(x, w):
+    return jnp.einsum("bhwc,cd->bhwd", x, w[0, 0])
+
+
+def _padded(x):
+    return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def im2col(x, w):
+    h, wd, c = x.shape[1:]
+    xp = _padded(x)
+    cols = jnp.concatenate([xp[:, dy:dy + h, dx:dx + wd] for dy in range(3) for dx in range(3)], -1)
+    return jnp.einsum("bhwc,cd->bhwd", cols, w.reshape(9 * c, -1))
+
+
+def rows3(x, w):
+    h, wd, c = x.shape[1:]
+    cols = jnp.concatenate([_padded(x)[:, :, dx:dx + wd] for dx in range(3)], -1)
+    return sum(jnp.einsum("bhwc,cd->bhwd", cols[:, dy:dy + h], w[dy].reshape(3 * c, -1)) for dy in range(3))
+
+
+def shift_out(x, w):
+    b, h, wd, c = x.shape
+    co = w.shape[-1]
+    z = jnp.einsum("bhwc,cd->bhwd", x, w.transpose(2, 0, 1, 3).reshape(c, 9 * co)).reshape(b, h, wd, 3, 3, co)
+    zp = jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+    return sum(zp[:, dy:dy + h, dx:dx + wd, dy, dx] for dy in range(3) for dx in range(3))
+
+
+def stem(x, w):
+    return conv(x, w, 2, ((3, 3), (3, 3)))
+
+
+def s2d_stem(x, w):
+    b, h, wd, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (3, 5), (3, 5), (0, 0)))               # 7x7 pad 3, then even: 232
+    hh = xp.shape[1] // 2
+    xs = xp.reshape(b, hh, 2, hh, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hh, hh, 4 * c)
+    ws = jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0))).reshape(4, 2, 4, 2, c, -1)
+    ws = ws.transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, 4 * c, -1)
+    return conv(xs, ws, 1, "VALID")[:, :h // 2, :wd // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/out/conv_layers.json")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    B = args.batch
+    # (name, input HxW, Cin, kernel k, Cout, stride, blocks of ResNet50 using it)
+    layers = [("stem 7x7/2", 224, 3, 7, 64, 2, 1)]
+    for hw, w, blocks in ((56, 64, 3), (28, 128, 4), (14, 256, 6), (7, 512, 3)):
+        layers += [(f"3x3 {hw}x{hw}x{w}", hw, w, 3, w, 1, blocks),
+                   (f"1x1 {4 * w}->{w} @{hw}", hw, 4 * w, 1, w, 1, blocks),
+                   (f"1x1 {w}->{4 * w} @{hw}", hw, w, 1, 4 * w, 1, blocks)]
+    rewrites = {"3x3": {"im2col": im2col, "rows3": rows3, "shift_out": shift_out}, "stem": {"s2d stem": s2d_stem}}
+    rows = []
+    for name, hw, cin, k, cout, stride, blocks in layers:
+        x = jnp.asarray(rng.standard_normal((B, hw, hw, cin)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+        base = jax.jit(stem if k == 7 else pointwise if k == 1 else conv)
+        ref = base(x, w)
+        flop = 2 * B * ref.shape[1] * ref.shape[2] * k * k * cin * cout
+        fns = {"XLA": base, **{n: jax.jit(f) for n, f in rewrites.get(name.split()[0], {}).items()}}
+        if k == 1:
+            fns = {"XLA": jax.jit(conv), "dot (popjax PointwiseConv)": base}
+        for impl, fn in fns.items():
+            out = fn(x, w)
+            err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
+            s = median(per_call(lambda fn=fn: jax.block_until_ready(fn(x, w)), args.calls))
+            rows.append({"layer": name, "impl": impl, "blocks": blocks, "ms": round(1e3 * s, 1),
+                         "gflop_per_s": round(flop / s / 1e9, 1), "rel_err": float(f"{err:.1e}")})
+            print(f"{name:22s} {impl:28s} {1e3 * s:8.1f} ms {flop / s / 1e9:6.0f} GFLOP/s  "
+                  f"x{blocks} blocks  err {err:.0e}", flush=True)
+    doc = {"what": f"single conv layers of ResNet50, fp32 NHWC, batch {B}, one JAX device",
+           "environment": environment(), "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(finish(doc), indent=2) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
