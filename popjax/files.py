@@ -1,7 +1,8 @@
 """Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half of one.
 
 Each write goes to a temporary file in the destination folder, is flushed to disk, then renamed over the
-destination (``os.replace`` is atomic on POSIX and Windows).
+destination (``os.replace`` is atomic on POSIX and Windows). The file gets the mode ``open()`` would give it
+(0o666 less the umask), not ``mkstemp``'s private 0o600: results are meant to be shared.
 """
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ from typing import Any
 import numpy as np
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)   # reading the umask means setting it: done once, at import, before any threads
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_bytes(path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +34,7 @@ def write_bytes(path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
