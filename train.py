@@ -26,9 +26,9 @@ config_flags.DEFINE_config_file("config", os.path.join(HERE, "configs", "demo.py
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from popjax import parallel, workflow
+    from popjax import parallel, runtime, workflow
 
-    parallel.use_all_cpu_cores()
+    runtime.configure()   # one CPU device per core, persistent compilation cache
     if FLAGS.distributed or FLAGS.coordinator_address:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.set_verbosity(logging.WARNING)

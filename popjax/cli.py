@@ -177,9 +177,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "explain" and not (args.video or (args.manifest and args.row)):
         parser.error("explain needs --video (and --headline) or --manifest and --row")
-    from popjax.parallel import use_all_cpu_cores
+    from popjax import runtime
 
-    use_all_cpu_cores()
+    runtime.configure()   # one CPU device per core, persistent compilation cache
     return args.func(args)
 
 

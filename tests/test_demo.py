@@ -10,8 +10,10 @@ split over the devices change nothing but the speed.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +49,8 @@ def test_every_stage_writes_its_outputs(demo):
     for k in ("pointing_game", "frame_attention_hit", "word_attention_hit", "deletion_top", "deletion_random"):
         assert faith[k] is None or 0.0 <= faith[k] <= 1.0, k
     assert "NOT ImageNet-pretrained" in faith["backbone"]
+    # The run kept its compiled programs for the next one (conftest points POPJAX_CACHE_DIR at a temp dir).
+    assert any(p.is_file() for p in Path(os.environ["POPJAX_CACHE_DIR"]).rglob("*"))
     figures = sorted((W / "explanations").glob("*/figure.png"))
     assert len(figures) == 2 and str(figures[0]) in stdout
     for fig in figures:

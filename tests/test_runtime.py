@@ -1,0 +1,32 @@
+"""Entry-point settings (popjax.runtime): one CPU device per core and the persistent compilation cache."""
+import os
+import subprocess
+import sys
+
+from synthetic import REPO
+
+PROBE = ("from popjax import runtime; runtime.configure(); import jax, jax.numpy as jnp; "
+         "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+         "jax.jit(lambda x: jnp.tanh(x) @ x)(jnp.ones((8, 8))).block_until_ready(); "
+         "print(jax.config.jax_compilation_cache_dir, jax.local_device_count())")
+
+
+def probe(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("POPJAX_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env={**base, **env}, capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split()
+
+
+def test_cache_directory_is_used_and_filled(tmp_path):
+    cache = tmp_path / "cache"
+    assert probe(POPJAX_CACHE_DIR=str(cache)) == [str(cache), str(os.cpu_count())]
+    assert any(p.is_file() for p in cache.rglob("*"))   # the compiled program was written
+
+
+def test_default_location_opt_out_and_jax_own_setting(tmp_path):
+    assert probe(XDG_CACHE_HOME=str(tmp_path))[0] == str(tmp_path / "popjax" / "jax")
+    assert probe(POPJAX_CACHE_DIR="")[0] == "None"
+    assert probe(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine"), POPJAX_CACHE_DIR=str(tmp_path / "x"))[0] == \
+        str(tmp_path / "mine")
