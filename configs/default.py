@@ -37,6 +37,7 @@ def get_config():
     config.train.data_seed = 0
     config.train.first_seed = 0
     config.train.num_seeds = 3  # trained together (vmapped); the best on validation is the run's model
+    config.train.devices = 0  # 0: data-parallel over every device of every process; n: the first n (1 process)
 
     # Random search on validation (paper Sec. 3); 0 trials = use the settings above.
     config.search = ml_collections.ConfigDict()

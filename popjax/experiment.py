@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from popjax import files, search, training
+from popjax import files, parallel, search, training
 from popjax.data import dataset
 
 # The six rows of the paper's Table 1: model settings, and for multimodal rows the unimodal rows whose
@@ -158,7 +158,7 @@ def train_and_evaluate(config, workdir) -> dict:
     summary = {
         "val": fit.val[t], "test": fit.test[t], "selected_seed": seeds[t]["seed"], "best_epoch": fit.best_epoch[t],
         "seeds": _seed_summary(fit), "hparams": seeds[t], "epochs_run": fit.epochs_run,
-        "devices": jax.device_count(), "processes": jax.process_count(),
+        "devices": parallel.training_mesh(config.train.get("devices", 0)).size, "processes": jax.process_count(),
         "backbone": data["meta"].get("backbone"), "seconds": round(time.time() - t_start, 1)}
     write_json(workdir / "metrics.json", summary)
     return summary
@@ -181,6 +181,7 @@ def check_config(config) -> None:
         raise ValueError("config.data.features is empty: point it at a dataset made by `popjax extract`")
     if config.search.num_trials > 0:
         search.check_space(config.search.space.to_dict())
+    parallel.training_mesh(config.train.get("devices", 0))   # raises on an impossible device count
 
 
 def _trained_encoders(config, workdir) -> tuple[dict, dict]:

@@ -35,6 +35,20 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA,), axis_types=(AxisType.Auto,))
 
 
+def training_mesh(num_devices: int = 0) -> Mesh:
+    """The mesh training runs on: every device of every process (0), or the first ``num_devices`` of a
+    single-process run (small models on a CPU's per-core devices train faster on one; see
+    ``config.train.devices``)."""
+    if not num_devices:
+        return data_mesh()
+    if jax.process_count() > 1:
+        raise ValueError(f"config.train.devices = {num_devices} needs a single process; with "
+                         f"{jax.process_count()} processes set it to 0 (every device of every process)")
+    if not 0 < num_devices <= jax.device_count():
+        raise ValueError(f"config.train.devices = {num_devices}: this run has {jax.device_count()} devices")
+    return data_mesh(jax.devices()[:num_devices])
+
+
 def local_mesh() -> Mesh:
     """A ``data`` mesh over this process's devices only (per-host work such as feature extraction)."""
     return data_mesh(jax.local_devices())

@@ -248,7 +248,7 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     """
     import orbax.checkpoint as ocp
 
-    mesh = mesh or parallel.data_mesh()
+    mesh = mesh or parallel.training_mesh(int(train_cfg.get("devices", 0)))
     bs = int(train_cfg["batch_size"])
     if bs % mesh.size:
         raise ValueError(f"batch_size {bs} must be a multiple of the number of devices ({mesh.size})")

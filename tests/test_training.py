@@ -181,6 +181,12 @@ def test_four_devices_equal_one_device(video, features, tmp_path):
     # The gradient sum over 4 shards is reduced in another order: the same to float rounding.
     assert_metrics_equal(got, want, rel=1e-6)
     assert_trees_equal(best_variables(workdir)[0], best_variables(ref_dir)[0], atol=1e-5)
+    # config.train.devices picks the first n of them.
+    two = tmp_path / "two"
+    run_ok(train_args("video_attention", two, features, **{"train.devices": 2}),
+           env=env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert read_metrics(two)["devices"] == 2
+    assert_metrics_equal(read_metrics(two), want, rel=1e-6)
 
 
 # --------------------------------------------------------------------- 2. two processes, one shared workdir
@@ -360,6 +366,7 @@ def test_spearman_of_constant_or_short_inputs_is_nan():
     ({"data.features": ""}, ValueError, r"config\.data\.features is empty"),
     ({"search.num_trials": 2, "search.space": {"learning_rate": ("normal", 1e-3, 1e-2)}}, ValueError,
      r"search space entry 'learning_rate': unknown kind 'normal'"),
+    ({"train.devices": 5}, ValueError, r"config\.train\.devices = 5: this run has 1 devices"),
     ({"data.features": "/nonexistent/popjax-features"}, FileNotFoundError,
      r"/nonexistent/popjax-features: no popjax features dataset"),
 ])
