@@ -60,3 +60,13 @@ def get_config():
     config.multimodal.headline_workdir = ""
     config.multimodal.finetune = False  # True: train the encoders too, not only the head
     return config
+
+
+def variant(name: str):
+    """These defaults with the model settings of one row of the paper's Table 1 (``popjax.experiment.VARIANTS``,
+    the same table ``configs/table1.py`` runs)."""
+    from popjax.experiment import VARIANTS
+
+    config = get_config()
+    config.model.update(VARIANTS[name])
+    return config

@@ -6,8 +6,4 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()
-    config.model.modality = 'multimodal'
-    config.model.frame_pooling = 'mean'
-    config.model.headline_pooling = 'last'
-    return config
+    return default.variant("multimodal")

@@ -6,8 +6,4 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()
-    config.model.modality = 'multimodal'
-    config.model.frame_pooling = 'attention'
-    config.model.headline_pooling = 'attention'
-    return config
+    return default.variant("multimodal_attention")

@@ -6,7 +6,4 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()
-    config.model.modality = 'video'
-    config.model.frame_pooling = 'attention'
-    return config
+    return default.variant("video_attention")

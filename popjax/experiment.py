@@ -158,7 +158,7 @@ def train_and_evaluate(config, workdir) -> dict:
     summary = {
         "val": fit.val[t], "test": fit.test[t], "selected_seed": seeds[t]["seed"], "best_epoch": fit.best_epoch[t],
         "seeds": _seed_summary(fit), "hparams": seeds[t], "epochs_run": fit.epochs_run,
-        "devices": parallel.training_mesh(config.train.get("devices", 0)).size, "processes": jax.process_count(),
+        "devices": fit.devices, "processes": jax.process_count(),
         "backbone": data["meta"].get("backbone"), "seconds": round(time.time() - t_start, 1)}
     write_json(workdir / "metrics.json", summary)
     return summary

@@ -149,7 +149,7 @@ def _calibration_frames(rows, settings: Settings, backbone: Backbone) -> np.ndar
                 frames.append(sample_frames(row.video, settings.num_frames, settings.seconds,
                                             backbone.metadata["image_size"]).frames)
             except VideoError as e:
-                failed.append(_video_error(Featurized(row, error=e)))
+                failed.append(video_error(row, e))
                 continue
             if sum(len(f) for f in frames) >= CALIBRATION_FRAMES:
                 break
@@ -179,7 +179,7 @@ def extract(manifest_path, out, *, weights=None, batch_size: int = 32, glove: st
         backbone = prepare_backbone(out, rows, weights, seed, settings, dtype=dtype,
                                     batch_size=frames_per_call(batch_size, settings.num_frames))
     except _NoVideo as e:
-        _write_errors(out, result, e.video_errors)
+        write_errors(out / "errors.jsonl", result, e.video_errors)
         raise ExtractError(f"{manifest_path}: no decodable video among its {len(rows)} accepted rows "
                            f"(reasons in {out / 'errors.jsonl'}); no dataset written") from None
 
@@ -193,7 +193,7 @@ def extract(manifest_path, out, *, weights=None, batch_size: int = 32, glove: st
     try:
         for item in featurize(todo, backbone, settings):
             if item.error is not None:
-                errors_file.write(json.dumps(_video_error(item)) + "\n")
+                errors_file.write(json.dumps(video_error(item.row, item.error)) + "\n")
                 errors_file.flush()
             else:
                 chunk.append(item)
@@ -229,7 +229,7 @@ def _assemble(out: Path, manifest_path, result, rows, backbone: Backbone, glove,
     features = _read_cache(out / "cache")
     row_ids = {r.id for r in rows}   # a cache from an earlier version of the manifest may hold other ids
     video_errors = [e for e in _read_errors(out / "cache") if e["id"] in row_ids]
-    errors = _write_errors(out, result, video_errors)   # first: reported even if no dataset can be built
+    errors = write_errors(out / "errors.jsonl", result, video_errors)   # first: reported even if no dataset can be built
     ok = [r for r in rows if r.id in features]
     if not any(r.split == "train" for r in ok):
         raise ExtractError(f"{manifest_path}: no training row was extracted ({len(ok)} rows in other splits), "
@@ -275,17 +275,17 @@ def _assemble(out: Path, manifest_path, result, rows, backbone: Backbone, glove,
         "backbone": backbone.description, "dataset": str(final.absolute())}
 
 
-def _write_errors(out: Path, result, video_errors: list[dict]) -> list[dict]:
-    """``errors.jsonl``: the manifest's rejected rows and the rows whose video failed, in row order."""
+def write_errors(path: Path, result: manifest_lib.ManifestResult, video_errors: list[dict]) -> list[dict]:
+    """The manifest's rejected rows and the rows whose video failed, in row order, as JSON lines."""
     errors = [e.to_json() for e in result.errors] + list(video_errors)
     errors.sort(key=lambda e: (e.get("row") or 0, e.get("id") or ""))
-    files.write_text(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
+    files.write_jsonl(path, errors)
     return errors
 
 
-def _video_error(item: Featurized) -> dict:
-    return {"row": item.row.row, "id": item.row.id, "reason": item.error.reason, "message": str(item.error),
-            "video": str(item.row.video)}
+def video_error(row: manifest_lib.Row, error: VideoError) -> dict:
+    """The errors.jsonl line of a row whose video could not be decoded."""
+    return {"row": row.row, "id": row.id, "reason": error.reason, "message": str(error), "video": str(row.video)}
 
 
 # ------------------------------------------------------------------------------------------- cache

@@ -6,6 +6,7 @@ destination (``os.replace`` is atomic on POSIX and Windows). The file gets the m
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -44,6 +45,17 @@ def write_bytes(path, data: bytes) -> Path:
 
 def write_text(path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(path, rows) -> Path:
+    """``rows`` (lists of cells, the header first) as CSV with Unix line ends."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def write_jsonl(path, records) -> Path:
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def jsonable(obj: Any) -> Any:

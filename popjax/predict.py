@@ -7,10 +7,7 @@ reproduce the evaluation.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +19,7 @@ from popjax.backbone import Backbone
 from popjax.data import dataset, manifest as manifest_lib
 from popjax.data.text import Vocabulary
 from popjax.experiment import load_model
-from popjax.extract import Settings, featurize, frames_per_call
+from popjax.extract import Settings, featurize, frames_per_call, video_error, write_errors
 
 
 @dataclasses.dataclass
@@ -90,15 +87,13 @@ def predict_manifest(workdir, manifest_path, out_csv, *, batch_size: int = 32, d
     (id, p_popular, predicted_label); rejected rows go to ``<out>.errors.jsonl``. Returns counts."""
     trained = TrainedModel.load(workdir, batch_size=batch_size, dtype=dtype)
     result = manifest_lib.read_manifest(manifest_path, require_labels=False)
-    rows = result.rows
-    errors = [e.to_json() for e in result.errors]
+    rows, video_errors = result.rows, []
     if trained.uses_video:
         from tqdm.auto import tqdm
 
         items = list(tqdm(featurize(rows, trained.backbone, trained.settings), total=len(rows), unit="video",
                           desc="predict", disable=not progress))
-        errors += [{"row": it.row.row, "id": it.row.id, "reason": it.error.reason, "message": str(it.error)}
-                   for it in items if it.error is not None]
+        video_errors = [video_error(it.row, it.error) for it in items if it.error is not None]
         items = [it for it in items if it.error is None]
         rows = [it.row for it in items]
         features = np.stack([it.features for it in items]) if items else np.zeros((0, 1, 2048))
@@ -112,14 +107,9 @@ def predict_manifest(workdir, manifest_path, out_csv, *, batch_size: int = 32, d
                                         tokens, lengths))
     p = np.concatenate(scores) if scores else np.zeros(0)
     out_csv = Path(out_csv)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "p_popular", "predicted_label"])
-    for row, score in zip(rows, p):
-        writer.writerow([row.id, f"{score:.6f}", "popular" if score > 0.5 else "unpopular"])
-    files.write_text(out_csv, buf.getvalue())
-    errors.sort(key=lambda e: (e.get("row") or 0, e.get("id") or ""))
-    files.write_text(errors_path(out_csv), "".join(json.dumps(e) + "\n" for e in errors))
+    files.write_csv(out_csv, [["id", "p_popular", "predicted_label"]] + [
+        [row.id, f"{score:.6f}", "popular" if score > 0.5 else "unpopular"] for row, score in zip(rows, p)])
+    errors = write_errors(errors_path(out_csv), result, video_errors)
     return {"scored": len(rows), "failed": len(errors), "out": str(out_csv), "errors": str(errors_path(out_csv))}
 
 

@@ -197,6 +197,7 @@ class FitResult:
     batch_stats: Any
     history: list[dict]
     epochs_run: int
+    devices: int                  # size of the mesh it trained on
 
     def select(self) -> int:
         """Index of the trial with the best validation metrics."""
@@ -331,7 +332,7 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     val = [v if v is not None else {"accuracy": math.nan, "spearman": math.nan, "n": 0} for v in tracker["val"]]
     return FitResult(trials=[dict(t) for t in trials], val=val, test=test, best_epoch=tracker["best_epoch"],
                      params=_host_copy(best["params"]), batch_stats=_host_copy(best["batch_stats"]),
-                     history=tracker["history"], epochs_run=tracker["epoch"])
+                     history=tracker["history"], epochs_run=tracker["epoch"], devices=mesh.size)
 
 
 def _host_copy(tree):

@@ -19,9 +19,7 @@ Everything written is marked synthetic: a ``README.txt``, a ``synthetic`` column
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -191,12 +189,12 @@ def render_video(video: DemoVideo) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- writing
 def encode_mp4(frames: np.ndarray, path: Path, fps: int = FPS) -> None:
     """H.264 (yuv420p) with the ffmpeg bundled by imageio-ffmpeg; written to a temp name, then renamed."""
-    import imageio_ffmpeg
+    from popjax.data.video import ffmpeg_exe
 
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     h, w = frames.shape[1:3]
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:", "-c:v", "libx264", "-preset", "ultrafast",
            "-threads", "1", "-crf", "18", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp)]
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
@@ -230,21 +228,13 @@ def write_corpus(out_dir, num_videos: int = 320, seed: int = 0, workers: int | N
     # ffmpeg runs outside the GIL; rendering is numpy, so threads keep both cores busy.
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         list(pool.map(make, videos))
-    files.write_text(out / "truth.jsonl", "".join(json.dumps(truth_record(v)) + "\n" for v in videos))
+    files.write_jsonl(out / "truth.jsonl", [truth_record(v) for v in videos])
     rows = [["id", "video", "headline", "views", "followers", "synthetic"]]
     rows += [[v.id, f"videos/{v.id}.mp4", v.headline, v.views, v.followers, 1] for v in videos]
-    files.write_text(out / "manifest.csv", _csv(rows))
+    files.write_csv(out / "manifest.csv", rows)
     files.write_text(out / "README.txt", (
         "SYNTHETIC demo corpus written by `popjax demo` (seed {seed}, {n} videos).\n"
         "Not real social-media data: popularity is planted. A video is popular when it shows a red disk\n"
         "(times and boxes in truth.jsonl) and/or its headline holds one of the cue words {words}.\n"
     ).format(seed=seed, n=num_videos, words=", ".join(CUE_WORDS)))
     return out / "manifest.csv"
-
-
-def _csv(rows) -> str:
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
-    return buf.getvalue()
