@@ -1,11 +1,13 @@
-"""What every benchmark records beside its numbers: when, on what, with which versions, run how.
+"""What every benchmark records beside its numbers: when, on what, with which versions, run how
+(``environment``, ``write_result``).
 
-Also the two small helpers the benchmarks share: a per-call timer and the relative error the tests use.
+Also the small helpers the benchmarks share: a per-call timer and the relative error the tests use.
 """
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
@@ -56,9 +58,15 @@ def environment() -> dict:
     }
 
 
-def finish(doc: dict) -> dict:
-    doc["environment"]["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    return doc
+def write_result(path, doc: dict) -> Path:
+    """``doc`` as JSON at ``path``, with its ``environment()`` (taken at the start when the script put it
+    there, else now) and the load average at the end."""
+    env = doc.setdefault("environment", environment())
+    env["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return path
 
 
 def per_call(fn, calls: int, warmup: int = 1) -> list[float]:

@@ -14,7 +14,6 @@ a warm-up. The rewrites are what one would try to route around a weak kernel:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ sys.path.insert(0, str(HERE))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _env import environment, finish, median, per_call  # noqa: E402
+from _env import environment, median, per_call, write_result  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -111,10 +110,7 @@ def main() -> None:
                   f"x{blocks} blocks  err {err:.0e}", flush=True)
     doc = {"what": f"single conv layers of ResNet50, fp32 NHWC, batch {B}, one JAX device",
            "environment": environment(), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(finish(doc), indent=2) + "\n")
-    print(f"-> {out}")
+    print(f"-> {write_result(args.out, doc)}")
 
 
 if __name__ == "__main__":

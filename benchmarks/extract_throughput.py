@@ -24,8 +24,8 @@ images/s x FLOP/image is compared with a peak measured in the same run: square m
 in fp32 and bf16, measured before and after the model rows (the best of the two is the peak).
 
 End to end: ``popjax extract --weights`` (the converted weights above) on the synthetic demo corpus
-(``benchmarks/extraction.py``'s corpus and decode timing) in a fresh process, vs decode only and the backbone
-alone (popjax fp32 over all devices at the call size extract uses), with the serial bound
+(``benchmarks/extraction.py``'s corpus, extract run and decode timing) in a fresh process, vs decode only
+and the backbone alone (popjax fp32 over all devices at the call size extract uses), with the serial bound
 1 / (1/decode + 1/backbone); its wall time is split into process start, work outside the decode+encode loop
 (weights, compilation outside the loop, dataset assembly) and the loop. Full runs also time extract's default
 random backbone (He init + BatchNorm calibration).
@@ -35,7 +35,6 @@ random backbone (He init + BatchNorm calibration).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -47,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import numpy as np  # noqa: E402
-from _env import environment, finish, median, per_call, rel_err  # noqa: E402
+from _env import environment, median, per_call, rel_err, write_result  # noqa: E402
 
 IMAGE = 224
 MEAN = (0.485, 0.456, 0.406)
@@ -205,42 +204,14 @@ def combine_peaks(before: dict, after: dict, n: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- end to end
-def run_extract(manifest: Path, args, weights: Path | None) -> dict:
-    """``popjax extract`` in a fresh process, into a fresh directory (as extraction.end_to_end, plus --weights)."""
-    import shutil
-    import subprocess
-
-    out = Path(tempfile.mkdtemp(prefix="popjax-bench-extract-"))
-    cmd = [sys.executable, "-m", "popjax.cli", "extract", "--manifest", str(manifest), "--out", str(out),
-           "--num-frames", str(args.num_frames), "--batch-size", str(args.e2e_batch_size), "--quiet"]
-    if weights is not None:
-        cmd += ["--weights", str(weights)]
-    try:
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise SystemExit(f"popjax extract failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        report = json.loads((out / "report.json").read_text())
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    n, loop = report["extracted"], report["throughput"]
-    return {"weights": "--weights (converted)" if weights else "random + BN calibration",
-            "videos": n, "wall_s": round(wall, 2), "videos_per_s": round(n / wall, 3),
-            "process_start_s": round(wall - report["seconds_total"], 2),
-            "extract_seconds_total": report["seconds_total"],
-            "outside_loop_s": round(report["seconds_total"] - loop["seconds"], 2),
-            "loop_s": loop["seconds"], "loop_videos_per_s": loop["videos_per_s"]}
-
-
 def end_to_end(args, weights: Path, backbone_fps: float | None, ort_fps: float | None) -> dict:
     import extraction
 
     ns = Namespace(num_frames=args.num_frames, batch_size=args.e2e_batch_size, workers=0, runs=args.decode_runs)
     manifest, videos = extraction.demo_corpus(Path(args.corpus).absolute(), args.videos)
-    out = {"extract": [run_extract(manifest, args, weights)]}
+    out = {"extract": [extraction.end_to_end(manifest, ns, weights)]}
     if not args.quick:
-        out["extract"].append(run_extract(manifest, args, None))
+        out["extract"].append(extraction.end_to_end(manifest, ns))
     dec = extraction.decode_only(videos, ns)
     out["decode_only"] = dec
     e2e = out["extract"][0]
@@ -436,10 +407,7 @@ def main() -> None:
         if "onnxruntime_serial_bound_videos_per_s" in e:
             print(f"{'serial bound with the onnxruntime backbone':44s} {e['onnxruntime_serial_bound_videos_per_s']:9.3f}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(finish(doc), indent=2, default=str) + "\n")
-    print(f"\n{doc['seconds_total']} s -> {out}")
+    print(f"\n{doc['seconds_total']} s -> {write_result(args.out, doc)}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,8 @@
 * end to end: the ``popjax extract`` command in a fresh process (startup, backbone calibration, XLA
   compilation, decoding + ResNet50, TFDS writing), over the demo corpus's videos;
 * decode only: ``sample_frames`` over the same videos, with as many threads as ``extract`` uses;
-* backbone only: ``Backbone.random(...).features`` on random uint8 frames, after a warm-up call: full
-  batches of ``--batch-size`` frames, and the calls ``extract`` makes (4 videos x N frames per call,
-  padded to whole batches);
+* backbone only: ``Backbone.random(...).features`` on random uint8 frames after a warm-up call, in the
+  calls ``extract`` makes (whole videos: ``--batch-size`` rounded to a multiple of N frames, every device);
 * the bound decoding and the backbone allow together when they share the machine serially,
   1 / (1/decode + 1/backbone) videos/s, and with perfect overlap, min(decode, backbone).
 
@@ -16,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -27,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _env import environment, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,15 +37,19 @@ def demo_corpus(directory: Path, videos: int) -> tuple[Path, list[Path]]:
     return manifest, sorted((directory / "videos").glob("*.mp4"))[:videos]
 
 
-def end_to_end(manifest: Path, args) -> dict:
-    """``popjax extract`` in a fresh process, into a fresh directory."""
+def end_to_end(manifest: Path, args, weights: Path | None = None) -> dict:
+    """``popjax extract`` (``--weights`` when given, else its random backbone) in a fresh process, into a
+    fresh directory; its wall time is split into process start, setup outside the decode+encode loop
+    (weights, BN calibration, compilation, dataset assembly) and the loop."""
     out = Path(tempfile.mkdtemp(prefix="popjax-bench-extract-"))
     cmd = [sys.executable, "-m", "popjax.cli", "extract", "--manifest", str(manifest), "--out", str(out),
            "--num-frames", str(args.num_frames), "--batch-size", str(args.batch_size),
            "--workers", str(args.workers), "--quiet"]
+    if weights is not None:
+        cmd += ["--weights", str(weights)]
     try:
         t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t
         if proc.returncode != 0:
             raise SystemExit(f"popjax extract failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -55,11 +58,12 @@ def end_to_end(manifest: Path, args) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     n, loop = report["extracted"], report["throughput"]
     return {
+        "weights": "--weights (converted)" if weights else "random + BN calibration", "backbone": report["backbone"],
         "videos": n, "wall_s": round(wall, 2), "videos_per_s": round(n / wall, 3),
         "frames_per_s": round(n * args.num_frames / wall, 2),
-        "loop_s": loop["seconds"], "loop_videos_per_s": loop["videos_per_s"],
-        "loop_frames_per_s": loop["frames_per_s"], "report_seconds_total": report["seconds_total"],
-        "backbone": report["backbone"],
+        "process_start_s": round(wall - report["seconds_total"], 2), "extract_seconds_total": report["seconds_total"],
+        "outside_loop_s": round(report["seconds_total"] - loop["seconds"], 2),
+        "loop_s": loop["seconds"], "loop_videos_per_s": loop["videos_per_s"], "loop_frames_per_s": loop["frames_per_s"],
     }
 
 
@@ -130,6 +134,7 @@ def main() -> None:
 
     parallel.use_all_cpu_cores()   # before JAX starts, as the popjax CLI does
 
+    env = environment()
     manifest, videos = demo_corpus(Path(args.corpus).absolute(), args.videos)
     e2e = end_to_end(manifest, args)          # first: its own process, nothing else running
     dec = decode_only(videos, args)
@@ -159,13 +164,10 @@ def main() -> None:
     doc = {
         "what": "popjax extract on the SYNTHETIC demo corpus (random ResNet50): end to end vs its parts",
         "videos": args.videos, "num_frames": args.num_frames, "batch_size": args.batch_size,
-        "quick": args.quick, "cpus": os.cpu_count(), "machine": platform.platform(),
+        "quick": args.quick, "environment": env,
         "end_to_end": e2e, "decode_only": dec, "backbone_only": bb, "bound": bound,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"-> {out}")
+    print(f"-> {write_result(args.out, doc)}")
 
 
 if __name__ == "__main__":

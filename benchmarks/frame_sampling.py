@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import platform
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
+from _env import environment, write_result
 from popjax.data.video import ffmpeg_exe, sample_frames
 
 
@@ -36,6 +34,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/out/frame_sampling.json")
     args = parser.parse_args()
+    env = environment()
 
     rows = []
     for path in real_videos():
@@ -58,17 +57,14 @@ def main() -> None:
 
     version = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
     doc = {
+        "environment": env,
         "what": "popjax.data.video.sample_frames(path) wall time, 18 frames over the first 6 s at 224x224",
         "runs": args.runs,
         "ffmpeg": version,
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
         "median_ms_over_videos": round(statistics.median(r["ms_median"] for r in rows), 1) if rows else None,
         "videos": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    out = write_result(args.out, doc)
     print(f"median over {len(rows)} videos: {doc['median_ms_over_videos']} ms/video -> {out}")
 
 

@@ -37,7 +37,6 @@ latency, and a biLSTM micro-benchmark of ways to run the recurrence. Synthetic d
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -48,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-from _env import environment, finish, median, rel_err  # noqa: E402
+from _env import environment, median, rel_err, write_result  # noqa: E402
 
 T_WORDS, BATCH, WORD_DIM, HIDDEN, N_FRAMES, FEAT = 20, 64, 300, 128, 18, 2048
 HP = {"learning_rate": 1e-3, "weight_decay": 1e-4, "input_dropout": 0.1, "dropout": 0.3}   # configs/default.py
@@ -720,9 +719,7 @@ def main() -> None:
         for r in doc["lstm_micro"]["rows"]:
             extra = f"  grad rel err {r['grad_rel']:.1e}" if "grad_rel" in r else ""
             print(f"  {r['variant']:56s} {r['ms']:7.2f}{extra}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(finish(doc), indent=2) + "\n")
+    out = write_result(args.out, doc)
     print(f"\n{doc['seconds_total']} s ({', '.join(f'{k} {v} s' for k, v in sections_s.items())}) -> {out}")
 
 
