@@ -25,6 +25,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import hsv_to_rgb
 
 from popjax import files
 
@@ -115,14 +116,9 @@ def plan_corpus(num_videos: int, seed: int = 0, cue_diameter: int = 64) -> list[
 
 
 # --------------------------------------------------------------------------------------- rendering
-def _hsv_to_rgb(h, s, v):
-    h = np.asarray(h, float) % 1.0
-    i = np.floor(h * 6).astype(int) % 6
-    f = h * 6 - np.floor(h * 6)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    rgb = np.select([i[..., None] == k for k in range(6)], [np.stack(c, -1) for c in table])
-    return (rgb * 255).astype(np.uint8)
+def _hsv_to_rgb(h, s, v) -> np.ndarray:
+    """uint8 RGB of one HSV colour (components in [0, 1])."""
+    return (hsv_to_rgb([h, s, v]) * 255).astype(np.uint8)
 
 
 @dataclasses.dataclass
