@@ -11,10 +11,11 @@ latency, and a biLSTM micro-benchmark of ways to run the recurrence. Synthetic d
    - ``fit_host``: the same plus fit's per-step host batch assembly (``training.global_batch``);
    - ``vmap1``:    ``jax.jit(jax.vmap(step))`` of 1 trial on one device;
    - ``plain``:    ``jax.jit(step)`` (no vmap) on one device.
-   The popjax variants of a model are timed in interleaved rounds (A B C A B C ...), so that the drifting load of
-   a shared machine treats them alike. PyTorch: nn.LSTM(bidirectional) over packed sequences (exact for variable
-   lengths, as popjax's ``seq_lengths``) and over padded ones (not exact for the backward direction); the same
-   attention and head; torch.optim.AdamW + LambdaLR warm-up/cosine; torch threads = cores (``--torch-threads``).
+   The popjax variants of a model and its PyTorch peers are timed in the same interleaved rounds (A B C A B C ...),
+   so that the drifting load of a shared machine treats them alike. PyTorch: nn.LSTM(bidirectional) over packed
+   sequences (exact for variable lengths, as popjax) and over padded ones (not exact for the backward direction);
+   the same attention and head; torch.optim.AdamW + LambdaLR warm-up/cosine; torch threads = cores
+   (``--torch-threads``); a fresh random batch per step.
 2. Multimodal (video attention over 18 x 2048 features + attention headline): encoders frozen as the default
    config trains it (``multimodal.finetune=False`` -> ``freeze=training.ENCODERS``) and fine-tuned; torch the
    same with ``requires_grad=False`` on the encoders. For scale: the head alone on cached [B, 512] encoder
@@ -25,9 +26,10 @@ latency, and a biLSTM micro-benchmark of ways to run the recurrence. Synthetic d
    (``gradients=False``), with three placements of the inputs: as ``popjax explain`` passes them (Backbone
    variables replicated over every local device), on one device, and with the frames split over the devices;
    full runs also time ``Backbone.features`` on the same frames.
-4. biLSTM micro-benchmark: ``value_and_grad`` of the biLSTM encoder alone (same sizes), as popjax runs it
-   (``nn.RNN(OptimizedLSTMCell)``: the input projection inside the scan), with ``unroll``, under ``jax.vmap``,
-   with half the padded length, and in plain JAX: input projection in the scan, all time steps' input
+4. biLSTM micro-benchmark: ``value_and_grad`` of the biLSTM encoder alone (same sizes): flax's
+   ``nn.RNN(OptimizedLSTMCell)`` (the input projection inside the scan; with ``unroll``), as popjax runs it
+   (``popjax.models.lstm``: hand-written backward pass; also under ``jax.vmap`` and with half the padded length),
+   and plain-JAX restructurings left to autodiff: input projection in the scan, all time steps' input
    projections in one matmul outside the scan, and that plus both directions in one scan; each checked against
    the flax loss and gradients; interleaved rounds; torch nn.LSTM (packed) for reference.
 
@@ -124,7 +126,9 @@ def frozen_collection(model, batch, table) -> dict:
 
 # ------------------------------------------------------------------------------------------- popjax
 def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", "fit_host", "vmap1", "plain"),
-                 trials=(1,)) -> list[dict]:
+                 trials=(1,), peers=()) -> list[dict]:
+    """Rows of steps/s of popjax's train step as ``variants`` run it, and of each of ``peers`` ((row, step) pairs
+    from ``torch_step``), all timed in the same interleaved rounds."""
     import jax
     import jax.numpy as jnp
 
@@ -168,7 +172,11 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
             rows.append({"impl": "popjax", "modality": modality, "pooling": pooling, "freeze": list(freeze),
                          "variant": variant, "trials": n_trials, "devices": mesh.size,
                          "first_call_s": round(compile_s, 2)})
-    # Timed in interleaved rounds (every variant in turn), so that a drifting machine load treats them alike.
+    for row, step in peers:
+        for _ in range(2):   # warm-up
+            step()
+        calls[(row["impl"], row["variant"])] = step
+    # Timed in interleaved rounds (every variant and peer in turn), so that a drifting machine load treats them alike.
     k = args.steps_per_round
     med = interleaved({key: (lambda f=f: jax.block_until_ready([f() for _ in range(k)][-1])) for key, f in calls.items()},
                       args.rounds)
@@ -177,7 +185,12 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
         row.update(steps_per_s=round(r, 1), trial_steps_per_s=round(r * row["trials"], 1), ms_per_step=round(1e3 / r, 2))
         print(f"  popjax {modality:10s} {pooling:9s} {row['variant']:8s} trials={row['trials']} dev={row['devices']} "
               f"freeze={bool(freeze)}: {r:7.1f} steps/s (first call {row['first_call_s']:.1f} s)", flush=True)
-    return rows
+    for row, _ in peers:
+        r = k / med[(row["impl"], row["variant"])]
+        row.update(steps_per_s=round(r, 1), ms_per_step=round(1e3 / r, 2))
+        print(f"  {row['impl']:6s} {modality:10s} {pooling:9s} {row['variant']:8s} freeze={row['freeze']}: "
+              f"{r:7.1f} steps/s", flush=True)
+    return rows + [row for row, _ in peers]
 
 
 def make_step(fn, state, batch, hp, frozen, host_arrays, mesh):
@@ -311,7 +324,8 @@ def torch_model(table, modality: str, pooling: str, packed: bool):
     return Model()
 
 
-def torch_rates(args, modality: str, pooling: str, packed: bool = True, freeze: bool = False) -> dict:
+def torch_step(args, modality: str, pooling: str, packed: bool = True, freeze: bool = False):
+    """(row, step): the equivalent PyTorch train step on a random batch per call, and its row (without rates)."""
     import torch
 
     data = synthetic_data(args, modality)
@@ -348,13 +362,10 @@ def torch_rates(args, modality: str, pooling: str, packed: bool = True, freeze: 
         sched.step()
         return loss.detach()
 
-    r = rate(step, args.steps, args.max_seconds, warmup=1)
     row = {"impl": "torch", "modality": modality, "pooling": pooling, "freeze": freeze,
            "variant": ("packed" if packed else "padded") if modality != "video" else "eager",
-           "threads": torch.get_num_threads(),
-           "steps_per_s": round(r, 1), "ms_per_step": round(1e3 / r, 2)}
-    print(f"  torch  {modality:10s} {pooling:9s} {row['variant']:8s} freeze={freeze}: {r:7.1f} steps/s", flush=True)
-    return row
+           "threads": torch.get_num_threads()}
+    return row, step
 
 
 # ------------------------------------------------------------------------------------------ Grad-CAM
@@ -457,7 +468,15 @@ def lstm_micro(args) -> dict:
     cot_last = jnp.asarray(rng.standard_normal((B, 2 * H)), jnp.float32)
     mask = (jnp.arange(T)[None] < lengths[:, None])[..., None]
 
-    class FlaxBiLSTM(nn.Module):   # what popjax.models.HeadlineEncoder runs
+    from popjax.models.lstm import LSTM
+
+    class PopjaxBiLSTM(nn.Module):   # what popjax.models.HeadlineEncoder runs (hand-written backward pass)
+        @nn.compact
+        def __call__(self, w, lengths):
+            (hf, of), (hb, ob) = LSTM(H, name="forward")(w, lengths), LSTM(H, reverse=True, name="backward")(w, lengths)
+            return jnp.concatenate([of, ob], -1), jnp.concatenate([hf, hb], -1)
+
+    class FlaxBiLSTM(nn.Module):   # flax's own RNN (popjax's encoder until 2026-11-29); the same parameter tree
         unroll: int = 1
 
         @nn.compact
@@ -533,8 +552,12 @@ def lstm_micro(args) -> dict:
     # trial axis of 1; "short": a different input (T/2 steps), not compared)
     variants = {}
     for unroll in args.lstm_unrolls:
-        variants[f"flax nn.RNN (popjax), unroll={unroll}"] = (
+        variants[f"flax nn.RNN(OptimizedLSTMCell), unroll={unroll}"] = (
             "flax", lambda p, u=unroll: loss_of(*FlaxBiLSTM(unroll=u).apply({"params": p}, x, lengths)))
+    variants["popjax.models.lstm (hand-written backward)"] = (
+        "flax", lambda p: loss_of(*PopjaxBiLSTM().apply({"params": p}, x, lengths)))
+    variants["popjax.models.lstm, under jax.vmap (1 trial)"] = (
+        "vmap", lambda p: jax.vmap(lambda q: loss_of(*PopjaxBiLSTM().apply({"params": q}, x, lengths)))(p).sum())
     variants["flax nn.RNN, under jax.vmap (1 trial)"] = (
         "vmap", lambda p: jax.vmap(lambda q: loss_of(*FlaxBiLSTM().apply({"params": q}, x, lengths)))(p).sum())
     half, x_half = T // 2, x[:, :T // 2]
@@ -542,10 +565,10 @@ def lstm_micro(args) -> dict:
     mask_half, cot_half = mask[:, :half], cot[:, :half]
 
     def short(p):
-        o, h = FlaxBiLSTM().apply({"params": p}, x_half, len_half)
+        o, h = PopjaxBiLSTM().apply({"params": p}, x_half, len_half)
         return jnp.sum(jnp.where(mask_half, o, 0.0) * cot_half) + jnp.sum(h * cot_last)
 
-    variants[f"flax nn.RNN, T={half} instead of {T} (cost vs padded length)"] = ("short", short)
+    variants[f"popjax.models.lstm, T={half} instead of {T} (cost vs padded length)"] = ("short", short)
     variants["plain JAX, projection in scan"] = ("plain", lambda p: loss_of(*plain(p, x, lengths, False, False)))
     for unroll in args.lstm_unrolls:
         variants[f"precomputed projection, unroll={unroll}"] = (
@@ -606,7 +629,8 @@ def lstm_micro(args) -> dict:
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="timed torch steps per row (default 100; quick 20)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="the head-on-cached-embeddings row times 5x this many steps (default 100; quick 20)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="popjax train steps: interleaved rounds over the variants (default 10; quick 4)")
     parser.add_argument("--steps-per-round", type=int, default=None, help="default 10; quick 5")
@@ -667,11 +691,10 @@ def main() -> None:
     if "headline" in args.sections:
         print("headline biLSTM train step (B=64, T=20, 300-d, hidden 128)")
         for pooling in ("last", "attention"):
+            peers = [torch_step(args, "headline", pooling, packed=p) for p in ((True, False) if not q or pooling == "last"
+                                                                               else (True,))]
             rows += popjax_rates(args, "headline", pooling, variants=("fit", "vmap1", "plain") if q else
-                                 ("fit", "fit_host", "vmap1", "plain"), trials=(1,) if q else (1, 3))
-            rows.append(torch_rates(args, "headline", pooling, packed=True))
-            if not q or pooling == "last":
-                rows.append(torch_rates(args, "headline", pooling, packed=False))
+                                 ("fit", "fit_host", "vmap1", "plain"), trials=(1,) if q else (1, 3), peers=peers)
         lap("headline")
     if "multimodal" in args.sections:
         from popjax import training
@@ -679,11 +702,11 @@ def main() -> None:
         print("multimodal train step (18 x 2048 features + headline, attention on both)")
         for freeze in (training.ENCODERS, ()):
             rows += popjax_rates(args, "multimodal", "attention", freeze=freeze,
-                                 variants=("fit", "fit_host") if q or not freeze else ("fit", "fit_host", "plain"))
-            rows.append(torch_rates(args, "multimodal", "attention", packed=True, freeze=bool(freeze)))
+                                 variants=("fit", "fit_host") if q or not freeze else ("fit", "fit_host", "plain"),
+                                 peers=[torch_step(args, "multimodal", "attention", packed=True, freeze=bool(freeze))])
         rows.append(head_only_rate(args))
-        rows += popjax_rates(args, "video", "attention", variants=("fit",))   # the video half alone
-        rows.append(torch_rates(args, "video", "attention"))
+        rows += popjax_rates(args, "video", "attention", variants=("fit",),   # the video half alone
+                             peers=[torch_step(args, "video", "attention")])
         lap("multimodal")
     doc["train_steps"] = rows
     if "gradcam" in args.sections:

@@ -3,7 +3,8 @@
 Words w_t are looked up in a frozen table (pre-trained GloVe), kept in the ``frozen`` variable collection so
 that it is checkpointed with the model but never seen by the optimizer. A bidirectional LSTM gives
 h_t = [h_t^fwd; h_t^bwd]. Padded, variable-length headlines are handled exactly: the backward LSTM reads
-each headline's own last word first (``flax.linen.RNN`` with ``seq_lengths``), padding never enters a state.
+each headline's own last word first, padding never enters a state (``popjax.models.lstm``: the recurrence
+with a hand-written backward pass, parameters laid out as flax's ``OptimizedLSTMCell``).
 
 Pooling: ``last`` (paper's baseline, [11]): d = [h_T^fwd; h_1^bwd], the final states of both directions;
 ``attention``: d = sum_t beta_t h_t with the two-layer attention of ``pooling.Attention`` (beta sown as
@@ -16,6 +17,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from popjax.models.lstm import LSTM
 from popjax.models.pooling import Attention
 
 
@@ -35,10 +37,8 @@ class HeadlineEncoder(nn.Module):
         w = jnp.take(table.value, tokens, axis=0)  # w_t
         w = self.perturb("word_vectors", w)
         mask = jnp.arange(tokens.shape[-1]) < lengths[..., None]
-        forward = nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), name="forward")
-        backward = nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), reverse=True, keep_order=True, name="backward")
-        (_, h_fwd_last), h_fwd = forward(w, seq_lengths=lengths, return_carry=True)
-        (_, h_bwd_last), h_bwd = backward(w, seq_lengths=lengths, return_carry=True)
+        h_fwd_last, h_fwd = LSTM(self.hidden, name="forward")(w, lengths)
+        h_bwd_last, h_bwd = LSTM(self.hidden, reverse=True, name="backward")(w, lengths)
         if self.pooling == "last":
             d = jnp.concatenate([h_fwd_last, h_bwd_last], axis=-1)
             return jnp.where((lengths > 0)[..., None], d, 0.0)
