@@ -1,15 +1,20 @@
 """Where XLA:CPU spends ResNet50's time: the repeated convolution shapes (stride 1) and the stem, each alone, GFLOP/s, and rewrites of the
 slow ones (the 3x3 conv of stage 1 and the 7x7 stem) checked against ``lax.conv_general_dilated``.
 
-One JAX device (XLA's own intra-op threads), fp32, NHWC, batch ``--batch``; median of ``--calls`` calls after
-a warm-up. The rewrites are what one would try to route around a weak kernel:
+One JAX device (XLA's own intra-op threads), ``--dtype`` (fp32 or bf16), NHWC, batch ``--batch``; median of
+``--calls`` calls after a warm-up. In bf16 the rows are XLA's bf16 convolution and popjax's bf16 layers:
+``shifted`` (``popjax.models.resnet.shifted_conv``: k^2 shifted bf16 dots with float32 results, what popjax's
+``Conv`` runs for bf16 outputs of 28 x 28 and smaller) for the 3x3 layers and the stem, the 1x1 dot with a
+float32 result (``PointwiseConv``); errors against the fp32 convolution of the same bf16 values.
+The fp32 rewrites are what one would try to route around a weak kernel:
 
 * ``im2col``:     the 9 shifted copies concatenated on channels, one dot with K = 9C;
 * ``rows3``:      3 horizontal shifts concatenated (K = 3C), 3 dots summed over the vertical shifts;
 * ``shift_out``:  one dot to all 9 taps' outputs (N = 9C'), then 9 shifted adds;
 * ``s2d stem``:   the 7x7 stride-2 stem as a 4x4 stride-1 conv on the 2x2 space-to-depth input (MLPerf TPU trick).
 
-    python benchmarks/conv_layers.py [--batch 32] [--calls 5] [--out benchmarks/out/conv_layers.json]
+    python benchmarks/conv_layers.py [--dtype fp32|bf16] [--batch 32] [--calls 5]
+                                     [--out benchmarks/out/conv_layers.json]
 """
 from __future__ import annotations
 
@@ -75,12 +80,28 @@ def s2d_stem(x, w):
     return conv(xs, ws, 1, "VALID")[:, :h // 2, :wd // 2]
 
 
+def shifted(x, w, stride=1):
+    """popjax's bf16 k x k convolution (``Conv``): k^2 shifted dots with float32 results."""
+    from popjax.models.resnet import shifted_conv
+
+    p = w.shape[0] // 2
+    return shifted_conv(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), w, (stride, stride)).astype(x.dtype)
+
+
+def pointwise_f32_result(x, w):
+    return jnp.einsum("bhwc,cd->bhwd", x, w[0, 0], preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--calls", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/out/conv_layers.json")
+    parser.add_argument("--out", default=None, help="default benchmarks/out/conv_layers[_bf16].json")
     args = parser.parse_args()
+    bf16 = args.dtype == "bf16"
+    dtype = jnp.bfloat16 if bf16 else jnp.float32
+    args.out = args.out or f"benchmarks/out/conv_layers{'_bf16' if bf16 else ''}.json"
     rng = np.random.default_rng(0)
     B = args.batch
     # (name, input HxW, Cin, kernel k, Cout, stride, blocks of ResNet50 using it)
@@ -90,25 +111,29 @@ def main() -> None:
                    (f"1x1 {4 * w}->{w} @{hw}", hw, 4 * w, 1, w, 1, blocks),
                    (f"1x1 {w}->{4 * w} @{hw}", hw, w, 1, 4 * w, 1, blocks)]
     rewrites = {"3x3": {"im2col": im2col, "rows3": rows3, "shift_out": shift_out}, "stem": {"s2d stem": s2d_stem}}
+    if bf16:
+        rewrites = {"3x3": {"shifted (popjax bf16 Conv <= 28x28)": shifted},
+                    "stem": {"shifted": lambda x, w: shifted(x, w, 2)}}
     rows = []
     for name, hw, cin, k, cout, stride, blocks in layers:
-        x = jnp.asarray(rng.standard_normal((B, hw, hw, cin)), jnp.float32)
-        w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+        x = jnp.asarray(rng.standard_normal((B, hw, hw, cin)), dtype)
+        w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), dtype)
         base = jax.jit(stem if k == 7 else pointwise if k == 1 else conv)
-        ref = base(x, w)
+        ref = jax.jit(stem if k == 7 else conv)(x.astype(jnp.float32), w.astype(jnp.float32))
         flop = 2 * B * ref.shape[1] * ref.shape[2] * k * k * cin * cout
         fns = {"XLA": base, **{n: jax.jit(f) for n, f in rewrites.get(name.split()[0], {}).items()}}
         if k == 1:
-            fns = {"XLA": jax.jit(conv), "dot (popjax PointwiseConv)": base}
+            fns = {"XLA": jax.jit(conv),
+                   "dot (popjax PointwiseConv)": jax.jit(pointwise_f32_result if bf16 else pointwise)}
         for impl, fn in fns.items():
-            out = fn(x, w)
+            out = fn(x, w).astype(jnp.float32)
             err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
             s = median(per_call(lambda fn=fn: jax.block_until_ready(fn(x, w)), args.calls))
             rows.append({"layer": name, "impl": impl, "blocks": blocks, "ms": round(1e3 * s, 1),
                          "gflop_per_s": round(flop / s / 1e9, 1), "rel_err": float(f"{err:.1e}")})
             print(f"{name:22s} {impl:28s} {1e3 * s:8.1f} ms {flop / s / 1e9:6.0f} GFLOP/s  "
                   f"x{blocks} blocks  err {err:.0e}", flush=True)
-    doc = {"what": f"single conv layers of ResNet50, fp32 NHWC, batch {B}, one JAX device",
+    doc = {"what": f"single conv layers of ResNet50, {args.dtype} NHWC, batch {B}, one JAX device",
            "environment": environment(), "rows": rows}
     print(f"-> {write_result(args.out, doc)}")
 

@@ -1,10 +1,12 @@
 """The paper's Flax modules against independent numpy references and the properties the paper relies on."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from popjax.models import Attention, HeadlineEncoder, MeanPooling, ResNet, build_model, masked_softmax
+from popjax.models.resnet import Conv, PointwiseConv, max_pool_3x3_s2, shifted_conv
 
 
 def sigmoid(x):
@@ -172,6 +174,58 @@ def test_resnet_bf16_shapes_and_dtypes(variant):
     assert out["logits"].shape == (2, 10) and out["logits"].dtype == jnp.float32
     full = model.clone(dtype=jnp.float32).apply({"params": v["params"], "batch_stats": v["batch_stats"]}, x)
     np.testing.assert_allclose(out["features"], full["features"], rtol=5e-2, atol=5e-2)
+
+
+def _bf16(a):
+    return np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32))
+
+
+@pytest.mark.parametrize("k,stride,pad,size", [(3, 1, 1, 9), (3, 2, 1, 10), (7, 2, 3, 15)])
+def test_shifted_conv_is_a_convolution(k, stride, pad, size):
+    rng = np.random.default_rng(k + stride)
+    x = rng.normal(size=(2, size, size, 5)).astype(np.float32)
+    w = rng.normal(size=(k, k, 5, 6)).astype(np.float32)
+    padding = ((pad, pad), (pad, pad))
+    ref = jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = shifted_conv(jnp.pad(x, ((0, 0), *padding, (0, 0))), w, (stride, stride))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [8, 40])   # 8: shifted products; 40 (> shifted_max_size): XLA's convolution
+def test_bf16_conv_is_the_float32_conv_of_bf16_inputs_rounded_once(size):
+    """Both bf16 paths equal the float32 convolution of the same bf16 values up to one bf16 rounding of the
+    output (relative 2^-8), and take nn.Conv's parameters."""
+    rng = np.random.default_rng(size)
+    x = rng.normal(size=(2, size, size, 64)).astype(np.float32)
+    conv = Conv(32, (3, 3), (1, 1), ((1, 1), (1, 1)), use_bias=True, dtype=jnp.bfloat16)
+    v = conv.init(jax.random.key(0), x)
+    flax_v = jax.tree.map(np.asarray, v)
+    assert jax.tree.structure(flax_v) == jax.tree.structure(
+        nn.Conv(32, (3, 3), padding=((1, 1), (1, 1))).init(jax.random.key(0), x))
+    out = np.asarray(conv.apply(v, x).astype(jnp.float32))
+    p = flax_v["params"]
+    ref = jax.lax.conv_general_dilated(_bf16(x), _bf16(p["kernel"]), (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + _bf16(p["bias"])
+    np.testing.assert_allclose(out, ref, rtol=2 ** -8, atol=1e-2)
+
+
+def test_bf16_pointwise_conv_accumulates_in_float32():
+    """2048 products per output: a bf16 running sum would drift by several bf16 steps; float32 accumulation
+    leaves only the output's own rounding to nearest (at most 2^-8 relative)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(1, 2, 2, 2048)).astype(np.float32)
+    conv = PointwiseConv(8, dtype=jnp.bfloat16, kernel_init=nn.initializers.uniform(1.0))
+    v = conv.init(jax.random.key(0), x)
+    out = np.asarray(conv.apply(v, x).astype(jnp.float32), np.float64)
+    ref = _bf16(x).astype(np.float64) @ _bf16(v["params"]["kernel"][0, 0]).astype(np.float64)
+    assert np.max(np.abs(out - ref) / np.abs(ref)) <= 2 ** -8
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_bf16_max_pool_equals_flax_max_pool(size):
+    x = jnp.asarray(np.random.default_rng(size).normal(size=(2, size, size, 3)) - 3.0, jnp.bfloat16)  # negative: -inf padding
+    ref = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    np.testing.assert_array_equal(max_pool_3x3_s2(x), ref)
 
 
 def test_resnet_variants_put_the_stride_where_their_frameworks_do():

@@ -5,6 +5,7 @@ import sys
 
 import h5py
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -112,7 +113,10 @@ def torch_case(tmp_path_factory, images):
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         features, logits = model((x - mean) / std)
-    return {"tmp": tmp, "state_dict": model.state_dict(), "features": features.numpy(), "logits": logits.numpy()}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features_bf16, _ = model((x - mean) / std)
+    return {"tmp": tmp, "state_dict": model.state_dict(), "features": features.numpy(), "logits": logits.numpy(),
+            "features_bf16": features_bf16.float().numpy()}
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -124,6 +128,17 @@ def test_torchvision_parity(torch_case, images, suffix):
     result = backbone.model.apply(backbone.variables, backbone.preprocess(images))
     assert rel_err(result["features"], torch_case["features"], f"torchvision{suffix} features") < RTOL
     assert rel_err(result["logits"], torch_case["logits"], f"torchvision{suffix} logits") < RTOL
+
+
+def test_torchvision_bf16_as_close_as_torch_autocast(torch_case, images):
+    """Full-size ResNet50 in bfloat16 (bf16 products, float32 sums): popjax's features are about as close to the
+    float32 reference as PyTorch's own bfloat16 autocast on the same weights and images."""
+    out = torch_case["tmp"] / "converted_bf16"
+    convert("torchvision", torch_case["tmp"] / "resnet50.safetensors", out)
+    ours = Backbone.load(out, dtype=jnp.bfloat16).features(images)
+    err = rel_err(ours, torch_case["features"], "torchvision bf16 features")
+    torch_err = rel_err(torch_case["features_bf16"], torch_case["features"], "torch bf16 autocast features")
+    assert err < 2 * torch_err
 
 
 # --------------------------------------------------------------------------------------------- errors

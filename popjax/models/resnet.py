@@ -18,6 +18,7 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 VARIANTS = ("v1", "v1.5")
@@ -47,18 +48,78 @@ class PointwiseConv(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
         x = x[:, ::self.strides[0], ::self.strides[1]].astype(self.dtype)
-        y = jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0].astype(self.dtype))
+        # float32 accumulation whatever dtype is: XLA:CPU runs a bfloat16 dot with a float32 result on the
+        # CPU's bf16 dot-product instructions (2x float32), and a bfloat16-result dot in float32.
+        y = jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0].astype(self.dtype),
+                       preferred_element_type=jnp.float32).astype(self.dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
         return y
 
 
-def conv_layer(features, kernel_size, strides=(1, 1), *, padding="VALID", name=None, **kwargs):
-    """``nn.Conv``, or ``PointwiseConv`` for 1x1 kernels (identical parameters, faster on CPU)."""
+def shifted_conv(x, kernel, strides):
+    """y[h, w] = sum_ij x[s*h + i, s*w + j] @ W[i, j] (x padded already): a k x k convolution as k^2 matrix
+    products over channels, accumulated in float32."""
+    kh, kw = kernel.shape[:2]
+    sh, sw = strides
+    out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    return sum(jnp.einsum("bhwc,cf->bhwf", x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw],
+                          kernel[i, j], preferred_element_type=jnp.float32)
+               for i in range(kh) for j in range(kw))
+
+
+class Conv(nn.Module):
+    """A k x k convolution with ``nn.Conv``'s parameters (``kernel`` [k, k, C, F], ``bias``), initialisation and
+    result for explicit ``padding``. In bfloat16, outputs of at most ``shifted_max_size`` pixels a side are
+    computed by ``shifted_conv``: XLA:CPU runs bf16 matrix products with float32 results on the CPU's bf16
+    dot-product instructions, which its bf16 convolutions do not use (``benchmarks/conv_layers.py``: 3x3
+    layers with outputs of 28 x 28 and smaller 1.2-1.7x, 56 x 56 0.7x, the 7x7 stem 0.05x).
+    """
+
+    features: int
+    kernel_size: tuple
+    strides: tuple = (1, 1)
+    padding: Any = ((0, 0), (0, 0))
+    use_bias: bool = False
+    kernel_init: Any = he_normal
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    shifted_max_size: int = 28
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features),
+                            self.param_dtype).astype(self.dtype)
+        x = x.astype(self.dtype)
+        out_size = max((n + sum(p) - k) // s + 1
+                       for n, p, k, s in zip(x.shape[1:3], self.padding, self.kernel_size, self.strides))
+        if jnp.dtype(self.dtype) == jnp.bfloat16 and out_size <= self.shifted_max_size:
+            y = shifted_conv(jnp.pad(x, ((0, 0), *self.padding, (0, 0))), kernel, self.strides).astype(self.dtype)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
+def conv_layer(features, kernel_size, strides=(1, 1), *, padding=((0, 0), (0, 0)), name=None, **kwargs):
+    """``Conv``, or ``PointwiseConv`` for 1x1 kernels (identical parameters, faster on CPU)."""
     if tuple(kernel_size) == (1, 1):
         kwargs.pop("padding", None)
         return PointwiseConv(features, tuple(strides), name=name, **kwargs)
-    return nn.Conv(features, kernel_size, strides, padding=padding, name=name, **kwargs)
+    return Conv(features, tuple(kernel_size), tuple(strides), padding, name=name, **kwargs)
+
+
+def max_pool_3x3_s2(x):
+    """``nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))``; in bfloat16 as the maximum of strided
+    slices, rows then columns (XLA:CPU's bfloat16 reduce-window is 5x slower than its float32 one)."""
+    if x.dtype != jnp.bfloat16:
+        return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    h, w = (x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    x = functools.reduce(jnp.maximum, [x[:, i:i + 2 * h - 1:2] for i in range(3)])
+    return functools.reduce(jnp.maximum, [x[:, :, j:j + 2 * w - 1:2] for j in range(3)])
 
 
 class Bottleneck(nn.Module):
@@ -117,7 +178,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_3x3_s2(x)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 x = Bottleneck(
