@@ -262,9 +262,10 @@ def main() -> None:
     args.e2e_batch_size = args.e2e_batch_size or (18 if q else 32)
     args.decode_runs = args.decode_runs or (1 if q else 3)
 
-    from popjax import parallel
+    from popjax import parallel, runtime
     from popjax.extract import frames_per_call
 
+    runtime.retain_freed_memory()   # as the popjax CLI does (torch and onnxruntime share the process)
     if args.devices == "all":
         parallel.use_all_cpu_cores()   # before JAX starts, as the popjax CLI does
     import jax

@@ -130,8 +130,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.videos, args.runs, args.backbone_calls = min(args.videos, 8), 1, 3
-    from popjax import parallel
+    from popjax import parallel, runtime
 
+    runtime.retain_freed_memory()   # before threads start, as the popjax CLI does
     parallel.use_all_cpu_cores()   # before JAX starts, as the popjax CLI does
 
     env = environment()

@@ -30,3 +30,40 @@ def test_default_location_opt_out_and_jax_own_setting(tmp_path):
     assert probe(POPJAX_CACHE_DIR="")[0] == "None"
     assert probe(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine"), POPJAX_CACHE_DIR=str(tmp_path / "x"))[0] == \
         str(tmp_path / "mine")
+
+
+FAULTS = """
+import ctypes, resource, sys
+from popjax import runtime
+applied = runtime.retain_freed_memory() if sys.argv[1] == "retain" else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def touched(n=64 << 20):   # page faults to allocate, fill and free 64 MB, as XLA's buffers are
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    p = libc.malloc(n)
+    ctypes.memset(p, 1, n)
+    libc.free(p)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+touched()
+print(applied, touched())
+"""
+
+
+def faults_of_reallocating(mode):
+    proc = subprocess.run([sys.executable, "-c", FAULTS, mode], cwd=REPO, capture_output=True, text=True,
+                          check=False, timeout=120, env={k: v for k, v in os.environ.items()
+                                                         if k != "POPJAX_RETAIN_MEMORY"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    applied, faults = proc.stdout.split()
+    return applied == "True", int(faults)
+
+
+def test_retained_memory_is_reused_without_page_faults():
+    """64 MB freed and allocated again: with glibc's defaults the block is unmapped and faulted in afresh
+    (16k 4-KiB pages); kept by retain_freed_memory, it is reused in place."""
+    applied, faults = faults_of_reallocating("retain")
+    if not applied:
+        import pytest
+        pytest.skip("not glibc: retain_freed_memory does not apply")
+    _, default_faults = faults_of_reallocating("default")
+    assert default_faults > 10_000 and faults < 1_000, (default_faults, faults)
