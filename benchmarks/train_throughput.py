@@ -661,9 +661,8 @@ def main() -> None:
     args.lstm_rounds = args.lstm_rounds or (7 if q else 20)
     args.lstm_unrolls = args.lstm_unrolls or ([1] if q else [1, 4, 20])
 
-    from popjax import parallel, runtime
+    from popjax import parallel
 
-    runtime.retain_freed_memory()   # as train.py does (torch shares the process)
     if args.devices == "all":
         parallel.use_all_cpu_cores()   # before JAX starts, as train.py does
     import jax

@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         parser.error("explain needs --video (and --headline) or --manifest and --row")
     from popjax import runtime
 
-    runtime.configure()   # one CPU device per core, persistent compilation cache
+    runtime.configure(retain_memory=True)   # one CPU device per core, compilation cache, memory kept
     return args.func(args)
 
 

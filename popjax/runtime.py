@@ -1,8 +1,8 @@
 """Process-wide settings of popjax's entry points (``train.py`` and the ``popjax`` command).
 
-Call ``configure()`` first thing, before JAX starts its backends and threads: freed host memory kept for reuse
-(``retain_freed_memory``), one CPU device per core (``parallel.use_all_cpu_cores``) and a persistent compilation
-cache.
+Call ``configure()`` first thing, before JAX starts its backends and threads: one CPU device per core
+(``parallel.use_all_cpu_cores``), a persistent compilation cache and, for the ``popjax`` command (ResNet50
+work), freed host memory kept for reuse (``retain_freed_memory``).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import jax
 from popjax import parallel
 
 
-def configure() -> None:
-    retain_freed_memory()
+def configure(retain_memory: bool = False) -> None:
+    retain_freed_memory(default=retain_memory)
     parallel.use_all_cpu_cores()
     enable_compilation_cache()
 
@@ -25,7 +25,7 @@ def configure() -> None:
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(default: bool = True) -> bool:
     """Keep freed memory in the process for reuse instead of returning it to the OS (glibc malloc: one arena,
     no mmap'ed chunks, no trimming of the heap).
 
@@ -33,12 +33,14 @@ def retain_freed_memory() -> bool:
     mapped and unmapped each time, so every call page-faults them in again: ResNet50 on 32 frames on 2 cores
     took 90k-139k page faults and 0.17-0.26 s of system time per call; with the heap kept, 7k-30k and
     0.01-0.05 s, and ``Backbone.features`` runs at 20.7 instead of 19.2 frames/s in fp32, 33.5 instead of 30.8
-    in bf16 (``benchmarks/RESULTS.md``). The price: the process keeps its peak heap until it exits.
+    in bf16 (``benchmarks/RESULTS.md``). The price: the process keeps its peak heap until it exits, and
+    compiling is 15-25% slower (XLA's compiler threads share the one arena), which is why ``train.py``, which
+    compiles many small programs and runs no ResNet50 outside the demo, leaves it off.
 
-    Call it before threads start (arenas already made stay in use). Returns whether it applied: glibc only;
-    ``POPJAX_RETAIN_MEMORY=0`` turns it off.
+    Call it before threads start (arenas already made stay in use). ``POPJAX_RETAIN_MEMORY=1`` / ``0`` turns it
+    on / off whatever ``default`` says. Returns whether it applied (glibc only).
     """
-    if os.environ.get("POPJAX_RETAIN_MEMORY", "1") == "0":
+    if os.environ.get("POPJAX_RETAIN_MEMORY", "1" if default else "0") == "0":
         return False
     try:
         libc = ctypes.CDLL(None)   # the C library the process already runs on

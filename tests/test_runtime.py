@@ -35,7 +35,7 @@ def test_default_location_opt_out_and_jax_own_setting(tmp_path):
 FAULTS = """
 import ctypes, resource, sys
 from popjax import runtime
-applied = runtime.retain_freed_memory() if sys.argv[1] == "retain" else False
+applied = runtime.retain_freed_memory(default=sys.argv[1] == "retain")
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 def touched(n=64 << 20):   # page faults to allocate, fill and free 64 MB, as XLA's buffers are
@@ -67,3 +67,14 @@ def test_retained_memory_is_reused_without_page_faults():
         pytest.skip("not glibc: retain_freed_memory does not apply")
     _, default_faults = faults_of_reallocating("default")
     assert default_faults > 10_000 and faults < 1_000, (default_faults, faults)
+
+
+def test_retaining_memory_follows_the_entry_point_and_the_environment():
+    env = {k: v for k, v in os.environ.items() if k != "POPJAX_RETAIN_MEMORY"}
+    code = ("from popjax import runtime; print(runtime.retain_freed_memory(default=True), "
+            "runtime.retain_freed_memory(default=False))")
+    for value, expected in ((None, "True False"), ("0", "False False"), ("1", "True True")):
+        run_env = env if value is None else {**env, "POPJAX_RETAIN_MEMORY": value}
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=run_env, capture_output=True, text=True,
+                             check=True, timeout=120).stdout.split()
+        assert " ".join(out) == expected, (value, out)
