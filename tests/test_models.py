@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from popjax.models import Attention, HeadlineEncoder, MeanPooling, ResNet, build_model, masked_softmax
-from popjax.models.resnet import Conv, PointwiseConv, max_pool_3x3_s2, shifted_conv
+from popjax.models.resnet import Conv, PointwiseConv, max_pool_3x3_s2, shifted_conv, winograd_conv3x3
 
 
 def sigmoid(x):
@@ -189,6 +189,25 @@ def test_shifted_conv_is_a_convolution(k, stride, pad, size):
     ref = jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     out = shifted_conv(jnp.pad(x, ((0, 0), *padding, (0, 0))), w, (stride, stride))
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w", [(2, 2), (8, 10), (16, 16)])
+def test_winograd_conv3x3_is_a_convolution(h, w):
+    rng = np.random.default_rng(h * w)
+    x = rng.normal(size=(2, h, w, 5)).astype(np.float32)
+    k = rng.normal(size=(3, 3, 5, 7)).astype(np.float32)
+    ref = jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(winograd_conv3x3(x, k), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [15, 16])   # 16: Winograd; 15 (odd): XLA's convolution
+def test_float32_conv_is_nn_conv(size):
+    x = np.random.default_rng(size).normal(size=(2, size, size, 8)).astype(np.float32)
+    conv = Conv(4, (3, 3), (1, 1), ((1, 1), (1, 1)), use_bias=True, winograd_min_size=14)
+    ref = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))
+    v = ref.init(jax.random.key(0), x)
+    v = jax.tree.map(lambda a: a + 0.1, v)   # a nonzero bias
+    np.testing.assert_allclose(conv.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [8, 40])   # 8: shifted products; 40 (> shifted_max_size): XLA's convolution
