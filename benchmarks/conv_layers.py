@@ -2,11 +2,13 @@
 slow ones (the 3x3 conv of stage 1 and the 7x7 stem) checked against ``lax.conv_general_dilated``.
 
 One JAX device (XLA's own intra-op threads), ``--dtype`` (fp32 or bf16), NHWC, batch ``--batch``; median of
-``--calls`` calls after a warm-up. In bf16 the rows are XLA's bf16 convolution and popjax's bf16 layers:
+``--calls`` calls after a warm-up; freed memory retained as the ``popjax`` command does (``--system-malloc``: not). In bf16 the rows are XLA's bf16 convolution and popjax's bf16 layers:
 ``shifted`` (``popjax.models.resnet.shifted_conv``: k^2 shifted bf16 dots with float32 results, what popjax's
 ``Conv`` runs for bf16 outputs of 28 x 28 and smaller) for the 3x3 layers and the stem, the 1x1 dot with a
 float32 result (``PointwiseConv``); errors against the fp32 convolution of the same bf16 values.
-The fp32 rewrites are what one would try to route around a weak kernel:
+In fp32, ``winograd`` is what popjax's ``Conv`` runs for 3x3 stride-1 layers of even size >= 14 (Winograd
+F(2x2, 3x3), ``popjax.models.resnet.winograd_conv3x3``); the other rewrites are what one would try to route
+around a weak kernel:
 
 * ``im2col``:     the 9 shifted copies concatenated on channels, one dot with K = 9C;
 * ``rows3``:      3 horizontal shifts concatenated (K = 3C), 3 dots summed over the vertical shifts;
@@ -88,6 +90,13 @@ def shifted(x, w, stride=1):
     return shifted_conv(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), w, (stride, stride)).astype(x.dtype)
 
 
+def winograd(x, w):
+    """popjax's fp32 3x3 stride-1 convolution of even size >= 14 (``Conv``): Winograd F(2x2, 3x3)."""
+    from popjax.models.resnet import winograd_conv3x3
+
+    return winograd_conv3x3(x, w)
+
+
 def pointwise_f32_result(x, w):
     return jnp.einsum("bhwc,cd->bhwd", x, w[0, 0], preferred_element_type=jnp.float32).astype(x.dtype)
 
@@ -98,10 +107,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--out", default=None, help="default benchmarks/out/conv_layers[_bf16].json")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="glibc's defaults instead of popjax's retained memory (runtime.retain_freed_memory)")
     args = parser.parse_args()
     bf16 = args.dtype == "bf16"
     dtype = jnp.bfloat16 if bf16 else jnp.float32
     args.out = args.out or f"benchmarks/out/conv_layers{'_bf16' if bf16 else ''}.json"
+    if not args.system_malloc:
+        from popjax import runtime
+
+        runtime.retain_freed_memory()   # as the popjax command does
     rng = np.random.default_rng(0)
     B = args.batch
     # (name, input HxW, Cin, kernel k, Cout, stride, blocks of ResNet50 using it)
@@ -110,7 +125,8 @@ def main() -> None:
         layers += [(f"3x3 {hw}x{hw}x{w}", hw, w, 3, w, 1, blocks),
                    (f"1x1 {4 * w}->{w} @{hw}", hw, 4 * w, 1, w, 1, blocks),
                    (f"1x1 {w}->{4 * w} @{hw}", hw, w, 1, 4 * w, 1, blocks)]
-    rewrites = {"3x3": {"im2col": im2col, "rows3": rows3, "shift_out": shift_out}, "stem": {"s2d stem": s2d_stem}}
+    rewrites = {"3x3": {"winograd (popjax fp32 Conv, even >= 14)": winograd, "im2col": im2col, "rows3": rows3,
+                        "shift_out": shift_out}, "stem": {"s2d stem": s2d_stem}}
     if bf16:
         rewrites = {"3x3": {"shifted (popjax bf16 Conv <= 28x28)": shifted},
                     "stem": {"shifted": lambda x, w: shifted(x, w, 2)}}
@@ -121,7 +137,8 @@ def main() -> None:
         base = jax.jit(stem if k == 7 else pointwise if k == 1 else conv)
         ref = jax.jit(stem if k == 7 else conv)(x.astype(jnp.float32), w.astype(jnp.float32))
         flop = 2 * B * ref.shape[1] * ref.shape[2] * k * k * cin * cout
-        fns = {"XLA": base, **{n: jax.jit(f) for n, f in rewrites.get(name.split()[0], {}).items()}}
+        fns = {"XLA": base, **{n: jax.jit(f) for n, f in rewrites.get(name.split()[0], {}).items()
+                               if not (f is winograd and hw % 2)}}   # Winograd: even sizes only
         if k == 1:
             fns = {"XLA": jax.jit(conv),
                    "dot (popjax PointwiseConv)": jax.jit(pointwise_f32_result if bf16 else pointwise)}

@@ -101,15 +101,17 @@ def winograd_conv3x3(x, kernel):
 
 class Conv(nn.Module):
     """A k x k convolution with ``nn.Conv``'s parameters (``kernel`` [k, k, C, F], ``bias``), initialisation and
-    result for explicit ``padding``. In float32, 3x3 stride-1 layers of even size of at least
-    ``winograd_min_size`` run ``winograd_conv3x3`` (alone: 56x56x64 1.37x, 28x28x128 and 14x14x256 1.19x XLA's
-    convolution, 7x7 slower; whole fp32 ResNet50 on 2 cores 20.7 -> 22.1 frames/s; in bf16 it lost, 33.5 ->
-    32.5, so bf16 keeps the paths below). In bfloat16, outputs of at most ``shifted_max_size`` pixels a side are
-    computed by ``shifted_conv``: XLA:CPU runs bf16 matrix products with float32 results on the CPU's bf16
-    dot-product instructions, which its bf16 convolutions do not use. Alone, the shifted products win at
-    small outputs and lose at large ones (``benchmarks/conv_layers.py --dtype bf16``: 7x7 2.1x, 14x14 1.0x,
-    28x28 0.7x, 56x56 0.9x, the 7x7 stem 0.03x); in the whole bf16 ResNet50 on 2 cores, shifted products for
-    outputs up to 0 / 7 / 14 / 28 px give 26.1 / 26.9 / 29.3 / 31.4 frames/s, hence 28.
+    result for explicit ``padding``, computed the fastest way measured on a CPU (``benchmarks/conv_layers.py``,
+    one device, batch 32; ``benchmarks/RESULTS.md``):
+
+    * float32, 3x3 stride 1, even size >= ``winograd_min_size``: ``winograd_conv3x3`` (56x56x64 1.56x,
+      28x28x128 1.28x, 14x14x256 1.41x XLA's convolution; whole ResNet50 on 2 cores 20.7 -> 22.1 frames/s;
+      in bf16 it lost in the network, 33.5 -> 32.5, so bf16 does not use it);
+    * bfloat16, outputs of at most ``shifted_max_size`` px: ``shifted_conv``, bf16 products with float32
+      results, which XLA:CPU runs on the CPU's bf16 dot instructions and its bf16 convolutions do not
+      (alone: 7x7 2.0x, 14x14 1.7x, 28x28 1.2x, 56x56 1.7x, the stem 0.03x; in the whole bf16 ResNet50,
+      shifted products for outputs up to 0 / 7 / 14 / 28 / 56 px: 26.1 / 26.9 / 29.3 / 31.4 / 28.7 frames/s);
+    * else ``lax.conv_general_dilated``.
     """
 
     features: int
