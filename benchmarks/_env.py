@@ -91,3 +91,22 @@ def rel_err(a, b) -> float:
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def jax_matmul_gflops(n: int, reps: int) -> dict:
+    """GFLOP/s of an n x n x n jnp.dot on JAX's default device: fp32; bf16 with a float32 result (as popjax's
+    bf16 layers compute); bf16 with a bf16 result (which XLA:CPU runs in fp32)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+    dot = jax.jit(jnp.dot)
+    dot_f32_result = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    out = {}
+    for name, dt, fn in (("fp32", jnp.float32, dot), ("bf16", jnp.bfloat16, dot_f32_result),
+                         ("bf16_result", jnp.bfloat16, dot)):
+        x = jnp.asarray(a, dt)
+        s = median(per_call(lambda x=x, fn=fn: fn(x, x).block_until_ready(), reps))
+        out[name] = round(2.0 * n ** 3 / s / 1e9, 1)
+    return out

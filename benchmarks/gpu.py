@@ -27,24 +27,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-from _env import environment, median, per_call, rel_err, write_result  # noqa: E402
+from _env import environment, jax_matmul_gflops, median, per_call, rel_err, write_result  # noqa: E402
 
 FLOP_PER_FRAME = 8.17e9   # 2 x ResNet50's 4.087 G conv multiply-adds at 224 px (extract_throughput.py counts them)
-
-
-def matmul_peak(n: int) -> dict:
-    """TFLOP/s of an n^3 jnp.dot: fp32, and bf16 with a float32 result (as popjax's bf16 layers)."""
-    import jax
-    import jax.numpy as jnp
-
-    out = {}
-    a = np.random.default_rng(0).standard_normal((n, n), np.float32)
-    for name, dt in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
-        x = jnp.asarray(a, dt)
-        f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-        s = median(per_call(lambda: f(x, x).block_until_ready(), 10))
-        out[name] = round(2 * n ** 3 / s / 1e12, 2)
-    return out
 
 
 def extraction(args) -> dict:
@@ -134,8 +119,8 @@ def main() -> None:
     doc = {"what": "GPU path: ResNet50 features, train steps, Grad-CAM", "quick": q, "environment": environment(),
            "devices": [str(d) for d in jax.devices()]}
     t0 = time.perf_counter()
-    doc["matmul_peak_tflop_per_s"] = matmul_peak(1024 if q else 8192)
-    print(f"matmul peak TFLOP/s: {doc['matmul_peak_tflop_per_s']}")
+    doc["matmul_gflop_per_s"] = jax_matmul_gflops(1024 if q else 8192, 10)
+    print(f"jnp.dot GFLOP/s: {doc['matmul_gflop_per_s']}")
     print("ResNet50 features")
     doc["extraction"] = extraction(args)
     # train_throughput's own settings: B 64, T 20, 300-d words, default model sizes

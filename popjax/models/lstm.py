@@ -7,7 +7,7 @@ Automatic differentiation of a ``lax.scan`` over this step computes the weight g
 loop: T small matmuls and accumulations per weight. ``lstm`` keeps only the recurrence in the loops: all x_t W_i
 are one matmul before the forward loop, and after the backward loop (which yields dz_t)
 dW_i = sum_t x_t^T dz_t, dW_h = sum_t h_{t-1}^T dz_t, db = sum_t dz_t and dx_t = dz_t W_i^T are one matmul each.
-On 2 CPU cores (B 64, T 20, 300-d, H 128) the biLSTM's forward + backward takes 22 ms instead of 26 ms with
+On 2 CPU cores (B 64, T 20, 300-d, H 128) the biLSTM's forward + backward takes 23 ms instead of 26 ms with
 ``flax.linen.RNN`` (``benchmarks/train_throughput.py --sections lstm``), and a data-parallel step reduces the
 weight gradients once, after the loop, instead of once per time step.
 
@@ -91,7 +91,7 @@ class LSTMParams(nn.Module):
 
     @nn.compact
     def __call__(self, word_dim: int):
-        cell = nn.OptimizedLSTMCell(self.hidden, parent=None)   # only for its initialisers
+        cell = nn.OptimizedLSTMCell   # its default initialisers
         x_like, h_like = jnp.zeros((1, word_dim)), jnp.zeros((1, self.hidden))
         inputs = [DenseParams(self.hidden, use_bias=False, kernel_init=cell.kernel_init, name=f"i{g}")(x_like)[0]
                   for g in GATES]
