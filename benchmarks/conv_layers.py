@@ -1,19 +1,21 @@
 """Where XLA:CPU spends ResNet50's time: the repeated convolution shapes (stride 1) and the stem, each alone, GFLOP/s, and rewrites of the
-slow ones (the 3x3 conv of stage 1 and the 7x7 stem) checked against ``lax.conv_general_dilated``.
+slow ones checked against ``lax.conv_general_dilated``.
 
 One JAX device (XLA's own intra-op threads), ``--dtype`` (fp32 or bf16), NHWC, batch ``--batch``; median of
-``--calls`` calls after a warm-up; freed memory retained as the ``popjax`` command does (``--system-malloc``: not). In bf16 the rows are XLA's bf16 convolution and popjax's bf16 layers:
-``shifted`` (``popjax.models.resnet.shifted_conv``: k^2 shifted bf16 dots with float32 results, what popjax's
-``Conv`` runs for bf16 outputs of 28 x 28 and smaller) for the 3x3 layers and the stem, the 1x1 dot with a
-float32 result (``PointwiseConv``); errors against the fp32 convolution of the same bf16 values.
-In fp32, ``winograd`` is what popjax's ``Conv`` runs for 3x3 stride-1 layers of even size >= 14 (Winograd
-F(2x2, 3x3), ``popjax.models.resnet.winograd_conv3x3``); the other rewrites are what one would try to route
-around a weak kernel:
+``--calls`` calls after a warm-up; freed memory retained as the ``popjax`` command does (``--system-malloc``: not).
+Rows, besides XLA's own convolution:
 
-* ``im2col``:     the 9 shifted copies concatenated on channels, one dot with K = 9C;
-* ``rows3``:      3 horizontal shifts concatenated (K = 3C), 3 dots summed over the vertical shifts;
-* ``shift_out``:  one dot to all 9 taps' outputs (N = 9C'), then 9 shifted adds;
-* ``s2d stem``:   the 7x7 stride-2 stem as a 4x4 stride-1 conv on the 2x2 space-to-depth input (MLPerf TPU trick).
+* ``winograd tile 2 / 4``: what popjax's ``Conv`` runs for 3x3 stride-1 layers (``resnet.winograd_tile``: fp32
+  tile 2 at 56 px and tile 4 below, bf16 tile 2 at 28 px and below), Winograd F(2x2, 3x3) / F(4x4, 3x3) with
+  the kernel transform done once outside the timed call, as ``Backbone`` does; counted at the direct
+  convolution's FLOPs;
+* ``shifted`` (bf16): ``resnet.shifted_conv``, k^2 shifted bf16 dots with float32 results (popjax's strided
+  bf16 3x3 layers);
+* ``dot``: the 1x1 convolution as a dot (``PointwiseConv``; bf16: with a float32 result);
+* what one would try to route around a weak kernel: ``im2col`` (the 9 shifted copies concatenated on
+  channels, one dot with K = 9C), ``rows3`` (3 horizontal shifts concatenated, 3 dots), ``shift_out`` (one dot
+  to all 9 taps' outputs, then 9 shifted adds), ``s2d stem`` (the 7x7 stride-2 stem as a 4x4 stride-1 conv on
+  the 2x2 space-to-depth input, the MLPerf TPU trick).
 
     python benchmarks/conv_layers.py [--dtype fp32|bf16] [--batch 32] [--calls 5]
                                      [--out benchmarks/out/conv_layers.json]
@@ -90,11 +92,18 @@ def shifted(x, w, stride=1):
     return shifted_conv(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), w, (stride, stride)).astype(x.dtype)
 
 
-def winograd(x, w):
-    """popjax's fp32 3x3 stride-1 convolution of even size >= 14 (``Conv``): Winograd F(2x2, 3x3)."""
-    from popjax.models.resnet import winograd_conv3x3
+def winograd(tile):
+    """popjax's 3x3 stride-1 convolution (``Conv``): Winograd F(tile x tile, 3x3) with its transformed kernel U
+    computed once outside the timed call, as ``Backbone`` does (``winograd_kernels``)."""
+    from popjax.models.resnet import winograd_conv3x3, winograd_kernel
 
-    return winograd_conv3x3(x, w)
+    def prepare(w):
+        return winograd_kernel(w, tile, w.dtype)
+
+    def fn(x, u):
+        return winograd_conv3x3(x, u, tile).astype(x.dtype)
+
+    return fn, prepare
 
 
 def pointwise_f32_result(x, w):
@@ -125,10 +134,10 @@ def main() -> None:
         layers += [(f"3x3 {hw}x{hw}x{w}", hw, w, 3, w, 1, blocks),
                    (f"1x1 {4 * w}->{w} @{hw}", hw, 4 * w, 1, w, 1, blocks),
                    (f"1x1 {w}->{4 * w} @{hw}", hw, w, 1, 4 * w, 1, blocks)]
-    rewrites = {"3x3": {"winograd (popjax fp32 Conv, even >= 14)": winograd, "im2col": im2col, "rows3": rows3,
-                        "shift_out": shift_out}, "stem": {"s2d stem": s2d_stem}}
+    rewrites = {"3x3": {"winograd tile 2": winograd(2), "winograd tile 4": winograd(4), "im2col": im2col,
+                        "rows3": rows3, "shift_out": shift_out}, "stem": {"s2d stem": s2d_stem}}
     if bf16:
-        rewrites = {"3x3": {"shifted (popjax bf16 Conv <= 28x28)": shifted},
+        rewrites = {"3x3": {"winograd tile 2": winograd(2), "shifted": shifted},
                     "stem": {"shifted": lambda x, w: shifted(x, w, 2)}}
     rows = []
     for name, hw, cin, k, cout, stride, blocks in layers:
@@ -137,15 +146,17 @@ def main() -> None:
         base = jax.jit(stem if k == 7 else pointwise if k == 1 else conv)
         ref = jax.jit(stem if k == 7 else conv)(x.astype(jnp.float32), w.astype(jnp.float32))
         flop = 2 * B * ref.shape[1] * ref.shape[2] * k * k * cin * cout
-        fns = {"XLA": base, **{n: jax.jit(f) for n, f in rewrites.get(name.split()[0], {}).items()
-                               if not (f is winograd and hw % 2)}}   # Winograd: even sizes only
+        # impl -> (jitted fn, its weight argument): Winograd takes U, transformed once outside the timing
+        fns = {"XLA": (base, w)}
+        for n, f in rewrites.get(name.split()[0], {}).items():
+            fns[n] = (jax.jit(f[0]), f[1](w)) if isinstance(f, tuple) else (jax.jit(f), w)
         if k == 1:
-            fns = {"XLA": jax.jit(conv),
-                   "dot (popjax PointwiseConv)": jax.jit(pointwise_f32_result if bf16 else pointwise)}
-        for impl, fn in fns.items():
-            out = fn(x, w).astype(jnp.float32)
+            fns = {"XLA": (jax.jit(conv), w),
+                   "dot (popjax PointwiseConv)": (jax.jit(pointwise_f32_result if bf16 else pointwise), w)}
+        for impl, (fn, arg) in fns.items():
+            out = fn(x, arg).astype(jnp.float32)
             err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
-            s = median(per_call(lambda fn=fn: jax.block_until_ready(fn(x, w)), args.calls))
+            s = median(per_call(lambda fn=fn, arg=arg: jax.block_until_ready(fn(x, arg)), args.calls))
             rows.append({"layer": name, "impl": impl, "blocks": blocks, "ms": round(1e3 * s, 1),
                          "gflop_per_s": round(flop / s / 1e9, 1), "rel_err": float(f"{err:.1e}")})
             print(f"{name:22s} {impl:28s} {1e3 * s:8.1f} ms {flop / s / 1e9:6.0f} GFLOP/s  "

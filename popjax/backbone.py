@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from popjax import parallel
-from popjax.models.resnet import ResNet50
+from popjax.models.resnet import ResNet50, winograd_kernels
 from popjax.weights import FORMAT_VERSION, PREPROCESSING, load_backbone
 
 
@@ -48,6 +48,10 @@ class Backbone:
         self.variables = jax.device_put(
             {"params": variables["params"], "batch_stats": variables["batch_stats"]},
             parallel.replicated(self.mesh))
+        # What inference runs on: the variables plus the Winograd layers' transformed kernels, computed once.
+        self.inference_variables = {**self.variables, **jax.device_put(
+            winograd_kernels(self.model, self.variables, self.metadata["image_size"]),
+            parallel.replicated(self.mesh))}
         self._features = jax.jit(self._forward, out_shardings=parallel.batch_sharding(self.mesh))
 
     # ------------------------------------------------------------------------------------ constructors
@@ -116,7 +120,7 @@ class Backbone:
         outputs = []
         for start in range(0, len(frames), self.batch_size):
             chunk = parallel.pad_batch(frames[start:start + self.batch_size], self.batch_size)
-            outputs.append(self._features(self.variables, jax.device_put(chunk, sharding)))
+            outputs.append(self._features(self.inference_variables, jax.device_put(chunk, sharding)))
         if not outputs:
             return np.zeros((0, 2048), np.float32)
         return np.concatenate([np.asarray(o, np.float32) for o in outputs])[:len(frames)]

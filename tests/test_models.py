@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from popjax.models import Attention, HeadlineEncoder, MeanPooling, ResNet, build_model, masked_softmax
-from popjax.models.resnet import Conv, PointwiseConv, max_pool_3x3_s2, shifted_conv, winograd_conv3x3
+from popjax.models.resnet import (Conv, PointwiseConv, max_pool_3x3_s2, shifted_conv, winograd_conv3x3,
+                                  winograd_kernel, winograd_kernels)
 
 
 def sigmoid(x):
@@ -191,41 +192,68 @@ def test_shifted_conv_is_a_convolution(k, stride, pad, size):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("h,w", [(2, 2), (8, 10), (16, 16)])
-def test_winograd_conv3x3_is_a_convolution(h, w):
-    rng = np.random.default_rng(h * w)
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("h,w", [(2, 2), (7, 7), (8, 10), (16, 16)])
+def test_winograd_conv3x3_is_a_convolution(tile, h, w):
+    rng = np.random.default_rng(h * w + tile)
     x = rng.normal(size=(2, h, w, 5)).astype(np.float32)
     k = rng.normal(size=(3, 3, 5, 7)).astype(np.float32)
-    ref = jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(winograd_conv3x3(x, k), ref, rtol=1e-5, atol=1e-5)
+    ref = jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       precision="highest")
+    out = winograd_conv3x3(x, winograd_kernel(k, tile), tile)
+    assert out.shape == ref.shape
+    # float32 rounding of the transforms: ~1e-7 (tile 2) / ~1e-6 (tile 4) of the largest output here
+    assert np.abs(out - ref).max() < {2: 1e-6, 4: 1e-5}[tile] * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("size", [15, 16])   # 16: Winograd; 15 (odd): XLA's convolution
+@pytest.mark.parametrize("size", [14, 15, 16, 56])   # every 3x3 stride-1 layer is Winograd, tile 4 or 2 (56)
 def test_float32_conv_is_nn_conv(size):
     x = np.random.default_rng(size).normal(size=(2, size, size, 8)).astype(np.float32)
-    conv = Conv(4, (3, 3), (1, 1), ((1, 1), (1, 1)), use_bias=True, winograd_min_size=14)
+    conv = Conv(4, (3, 3), (1, 1), ((1, 1), (1, 1)), use_bias=True)
     ref = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))
     v = ref.init(jax.random.key(0), x)
     v = jax.tree.map(lambda a: a + 0.1, v)   # a nonzero bias
-    np.testing.assert_allclose(conv.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+    out, expected = np.asarray(conv.apply(v, x)), np.asarray(ref.apply(v, x))
+    assert np.abs(out - expected).max() < 1e-5 * np.abs(expected).max()
 
 
-@pytest.mark.parametrize("size", [8, 40])   # 8: shifted products; 40 (> shifted_max_size): XLA's convolution
-def test_bf16_conv_is_the_float32_conv_of_bf16_inputs_rounded_once(size):
-    """Both bf16 paths equal the float32 convolution of the same bf16 values up to one bf16 rounding of the
-    output (relative 2^-8), and take nn.Conv's parameters."""
-    rng = np.random.default_rng(size)
+def test_winograd_kernels_are_computed_once_and_used():
+    """``winograd_kernels`` returns U = G g G^T of each Winograd layer (tile 4 at 28 px, tile 2 at 56) and only
+    for those; applying the model with them gives what it computes without them, and a changed U is used."""
+    model = ResNet(stage_sizes=(1, 1), width=4)
+    x = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
+    v = model.init(jax.random.key(0), x)
+    assert "winograd" not in v
+    pre = winograd_kernels(model, v)
+    assert set(pre["winograd"]) == {"conv2_block1"}   # conv3_block1's 3x3 has stride 2
+    u = pre["winograd"]["conv2_block1"]["conv2"]["kernel"]
+    np.testing.assert_allclose(u, winograd_kernel(v["params"]["conv2_block1"]["conv2"]["kernel"], 2), rtol=1e-6)
+    out = model.apply(v, x)["features"]
+    np.testing.assert_array_equal(model.apply({**v, **pre}, x)["features"], out)
+    zeroed = jax.tree.map(jnp.zeros_like, pre)
+    assert not np.allclose(model.apply({**v, **zeroed}, x)["features"], out)
+
+
+@pytest.mark.parametrize("size,stride", [(8, 1), (8, 2), (40, 1)])   # Winograd, shifted products, XLA's conv
+def test_bf16_conv_is_the_float32_conv_of_bf16_inputs(size, stride):
+    """Each bf16 path takes nn.Conv's parameters and equals the float32 convolution of the same bf16 values up
+    to one bf16 rounding of the output (relative 2^-8); Winograd also rounds its transformed input and kernel
+    to bf16 (each a sum of a few terms), within 2^-7 of the largest output."""
+    rng = np.random.default_rng(size + stride)
     x = rng.normal(size=(2, size, size, 64)).astype(np.float32)
-    conv = Conv(32, (3, 3), (1, 1), ((1, 1), (1, 1)), use_bias=True, dtype=jnp.bfloat16)
+    conv = Conv(32, (3, 3), (stride, stride), ((1, 1), (1, 1)), use_bias=True, dtype=jnp.bfloat16)
     v = conv.init(jax.random.key(0), x)
     flax_v = jax.tree.map(np.asarray, v)
     assert jax.tree.structure(flax_v) == jax.tree.structure(
         nn.Conv(32, (3, 3), padding=((1, 1), (1, 1))).init(jax.random.key(0), x))
     out = np.asarray(conv.apply(v, x).astype(jnp.float32))
     p = flax_v["params"]
-    ref = jax.lax.conv_general_dilated(_bf16(x), _bf16(p["kernel"]), (1, 1), ((1, 1), (1, 1)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + _bf16(p["bias"])
-    np.testing.assert_allclose(out, ref, rtol=2 ** -8, atol=1e-2)
+    ref = np.asarray(jax.lax.conv_general_dilated(_bf16(x), _bf16(p["kernel"]), (stride, stride), ((1, 1), (1, 1)),
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")) + _bf16(p["bias"]))
+    if stride == 1 and size <= 28:
+        assert np.abs(out - ref).max() < 2 ** -7 * np.abs(ref).max()
+    else:
+        np.testing.assert_allclose(out, ref, rtol=2 ** -8, atol=1e-2)
 
 
 def test_bf16_pointwise_conv_accumulates_in_float32():

@@ -40,7 +40,7 @@ class Explainer:
         tokens = lengths = words = None
         if self.trained.vocab is not None:
             tokens, lengths, words = self.trained.encode_headlines(headlines)
-        bb_vars = self.trained.backbone.variables if self.trained.backbone else None
+        bb_vars = self.trained.backbone.inference_variables if self.trained.backbone else None
         if frames is not None:
             frames = np.asarray(frames)
             frames = np.concatenate([frames, np.repeat(frames[-1:], len(headlines) - n, axis=0)])

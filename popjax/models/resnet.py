@@ -68,49 +68,79 @@ def shifted_conv(x, kernel, strides):
                for i in range(kh) for j in range(kw))
 
 
-# Winograd F(2x2, 3x3) (Lavin & Gray, 2016): Y = A^T [(G g G^T) * (B^T d B)] A on 4x4 input tiles d, stride 2.
-WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+# Winograd F(m x m, 3x3) (Lavin & Gray, 2016): Y = A^T [(G g G^T) * (B^T d B)] A on (m+2) x (m+2) input
+# tiles d at stride m, for m = 2 (points 0, +-1) and m = 4 (points 0, +-1, +-2).
+WINOGRAD = {
+    2: {"BT": ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        "G": ((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1)),
+        "AT": ((1, 1, 1, 0), (0, 1, -1, -1))},
+    4: {"BT": ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+               (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+        "G": ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+              (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+        "AT": ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))},
+}
 
 
-def _winograd_input(t):
-    """B^T t along the first axis of the 4-list t: (d0 - d2, d1 + d2, d2 - d1, d1 - d3)."""
-    return [t[0] - t[2], t[1] + t[2], t[2] - t[1], t[1] - t[3]]
+def _combine(matrix, ts):
+    """[sum_j M[i, j] t_j for each row i of M], skipping zero coefficients (XLA fuses these into one pass)."""
+    out = []
+    for row in matrix:
+        terms = [t if c == 1 else -t if c == -1 else c * t for c, t in zip(row, ts) if c != 0]
+        out.append(functools.reduce(jnp.add, terms))
+    return out
 
 
-def _winograd_output(m):
-    """A^T m along the first axis of the 4-list m: (m0 + m1 + m2, m1 - m2 - m3)."""
-    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+def winograd_kernel(kernel, tile: int, dtype=jnp.float32):
+    """U = G g G^T of a 3x3 kernel g [3, 3, C, F], as [(tile+2)^2, C, F], computed in float32."""
+    g = jnp.asarray(WINOGRAD[tile]["G"], jnp.float32)
+    u = jnp.einsum("ki,ijcf,lj->klcf", g, kernel.astype(jnp.float32), g)
+    return u.reshape(-1, *kernel.shape[2:]).astype(dtype)
 
 
-def winograd_conv3x3(x, kernel):
-    """A 3x3, stride-1, pad-1 convolution of x [B, H, W, C] (H, W even) by Winograd F(2x2, 3x3), in float32:
-    16 matrix products over channels on (H/2 x W/2) tiles instead of 9 on H x W pixels (2.25x fewer
-    multiplications; float32 error ~1e-6 of the result)."""
-    b, h, w, c = x.shape
-    th, tw = h // 2, w // 2
-    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    rows = _winograd_input([xp[:, i:i + 2 * th - 1:2] for i in range(4)])
-    v = jnp.stack([t for r in rows for t in _winograd_input([r[:, :, j:j + 2 * tw - 1:2] for j in range(4)])])
-    g = jnp.asarray(WINOGRAD_G, jnp.float32)
-    u = jnp.einsum("ki,ijcf,lj->klcf", g, kernel.astype(jnp.float32), g).reshape(16, c, -1)
-    m = jnp.einsum("nbhwc,ncf->nbhwf", v, u).reshape(4, 4, b, th, tw, -1)
-    rows = _winograd_output(list(m))                                    # the tile's 2 output rows
-    y = jnp.stack([jnp.stack(_winograd_output(list(r)), axis=3) for r in rows], axis=2)   # [B, th, 2, tw, 2, F]
-    return y.reshape(b, h, w, -1)
+def winograd_conv3x3(x, u, tile: int):
+    """A 3x3, stride-1, pad-1 convolution of x [B, H, W, C] with U = ``winograd_kernel(g, tile)``, by Winograd
+    F(tile x tile, 3x3): (tile+2)^2 matrix products over channels on (H/tile x W/tile) tiles instead of 9 on
+    H x W pixels (2.25x fewer multiplications for tile 2, 4x for tile 4; H, W padded up to a multiple of
+    tile). Transforms in float32; the products in U's dtype with float32 results (bf16 U: the CPU's bf16
+    dot instructions). float32 error ~1e-6 (tile 2) / ~1e-5 (tile 4) of the result."""
+    bt, at = WINOGRAD[tile]["BT"], WINOGRAD[tile]["AT"]
+    n = tile + 2
+    b, h, w, _ = x.shape
+    th, tw = -(-h // tile), -(-w // tile)
+    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, 1 + th * tile - h), (1, 1 + tw * tile - w), (0, 0)))
+    rows = _combine(bt, [xp[:, i:i + tile * (th - 1) + 1:tile] for i in range(n)])          # B^T d
+    v = jnp.stack([t for r in rows for t in _combine(bt, [r[:, :, j:j + tile * (tw - 1) + 1:tile]
+                                                          for j in range(n)])])             # (B^T d) B
+    m = jnp.einsum("nbhwc,ncf->nbhwf", v.astype(u.dtype), u, preferred_element_type=jnp.float32)
+    rows = _combine(at, list(m.reshape(n, n, b, th, tw, -1)))                               # A^T M
+    y = jnp.stack([jnp.stack(_combine(at, list(r)), axis=3) for r in rows], axis=2)         # (A^T M) A
+    return y.reshape(b, th * tile, tw * tile, -1)[:, :h, :w]
+
+
+def winograd_tile(dtype, kernel_size, strides, padding, size) -> int:
+    """The Winograd tile ``Conv`` uses for a layer (0: none), from single layers and the whole ResNet50 on
+    this CPU (benchmarks/conv_layers.py, benchmarks/RESULTS.md): 3x3 stride-1 pad-1 layers only; float32:
+    tile 2 at 56 px, tile 4 at 28 px and below; bfloat16: tile 2 at 28 px and below (tile 4's bf16 error is
+    5e-2; at 56 px tile 2 is no faster in the network than XLA's convolution, and less exact)."""
+    if (tuple(kernel_size), tuple(strides), tuple(map(tuple, padding))) != ((3, 3), (1, 1), ((1, 1), (1, 1))):
+        return 0
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        return 2 if size <= 28 else 0
+    return 2 if size > 28 else 4
 
 
 class Conv(nn.Module):
     """A k x k convolution with ``nn.Conv``'s parameters (``kernel`` [k, k, C, F], ``bias``), initialisation and
     result for explicit ``padding``, computed the fastest way measured on a CPU (``benchmarks/conv_layers.py``,
-    one device, batch 32; ``benchmarks/RESULTS.md``):
+    ``benchmarks/RESULTS.md``):
 
-    * float32, 3x3 stride 1, even size >= ``winograd_min_size``: ``winograd_conv3x3`` (56x56x64 1.56x,
-      28x28x128 1.28x, 14x14x256 1.41x XLA's convolution; whole ResNet50 on 2 cores 20.7 -> 22.1 frames/s;
-      in bf16 it lost in the network, 33.5 -> 32.5, so bf16 does not use it);
-    * bfloat16, outputs of at most ``shifted_max_size`` px: ``shifted_conv``, bf16 products with float32
-      results, which XLA:CPU runs on the CPU's bf16 dot instructions and its bf16 convolutions do not
-      (alone: 7x7 2.0x, 14x14 1.7x, 28x28 1.2x, 56x56 1.7x, the stem 0.03x; in the whole bf16 ResNet50,
-      shifted products for outputs up to 0 / 7 / 14 / 28 / 56 px: 26.1 / 26.9 / 29.3 / 31.4 / 28.7 frames/s);
+    * 3x3 stride-1 layers (``winograd_tile``): ``winograd_conv3x3``. Its transformed kernel U = G g G^T is
+      read from the ``winograd`` collection when the caller has computed it once (``winograd_kernels``;
+      ``Backbone`` does), else computed from the kernel on every call (it then costs ~5% of ResNet50);
+    * bfloat16, other layers with outputs of at most ``shifted_max_size`` px (the strided 3x3 layers):
+      ``shifted_conv``, bf16 products with float32 results, which XLA:CPU runs on the CPU's bf16 dot
+      instructions and its bf16 convolutions do not (alone: 7x7 2.0x, 14x14 1.7x, 28x28 1.2x; the stem 0.03x);
     * else ``lax.conv_general_dilated``.
     """
 
@@ -123,30 +153,41 @@ class Conv(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     shifted_max_size: int = 28
-    winograd_min_size: int = 14
+    winograd: bool = True
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features),
-                            self.param_dtype).astype(self.dtype)
+                            self.param_dtype)
         x = x.astype(self.dtype)
         out_size = max((n + sum(p) - k) // s + 1
                        for n, p, k, s in zip(x.shape[1:3], self.padding, self.kernel_size, self.strides))
-        shifted = jnp.dtype(self.dtype) == jnp.bfloat16 and out_size <= self.shifted_max_size
-        winograd = (jnp.dtype(self.dtype) == jnp.float32 and tuple(self.kernel_size) == (3, 3)
-                    and tuple(self.strides) == (1, 1)
-                    and tuple(map(tuple, self.padding)) == ((1, 1), (1, 1))
-                    and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0 and min(x.shape[1:3]) >= self.winograd_min_size)
-        if shifted:
-            y = shifted_conv(jnp.pad(x, ((0, 0), *self.padding, (0, 0))), kernel, self.strides).astype(self.dtype)
-        elif winograd:
-            y = winograd_conv3x3(x, kernel).astype(self.dtype)
+        tile = self.winograd and winograd_tile(self.dtype, self.kernel_size, self.strides, self.padding, out_size)
+        if tile:
+            if self.has_variable("winograd", "kernel"):
+                u = self.get_variable("winograd", "kernel")
+            else:
+                u = winograd_kernel(kernel, tile, self.dtype)
+                if self.is_mutable_collection("winograd") and not self.is_initializing():
+                    self.put_variable("winograd", "kernel", u)
+            y = winograd_conv3x3(x, u, tile).astype(self.dtype)
+        elif jnp.dtype(self.dtype) == jnp.bfloat16 and out_size <= self.shifted_max_size:
+            y = shifted_conv(jnp.pad(x, ((0, 0), *self.padding, (0, 0))), kernel.astype(self.dtype),
+                             self.strides).astype(self.dtype)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
+            y = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), self.strides, self.padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
         return y
+
+
+def winograd_kernels(model: nn.Module, variables, image_size: int = 224):
+    """``{"winograd": ...}``: every Winograd layer's U = G g G^T, for ``model.apply({**variables, **this}, x)``
+    on images of ``image_size``, so that inference does not transform the kernels on every call. Only the
+    kernel transforms run: XLA drops the rest of the forward pass whose output this discards."""
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return jax.jit(lambda v: model.apply(v, x, mutable=["winograd"])[1])(variables)
 
 
 def conv_layer(features, kernel_size, strides=(1, 1), *, padding=((0, 0), (0, 0)), name=None, **kwargs):
