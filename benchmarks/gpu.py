@@ -51,7 +51,7 @@ def extraction(args) -> dict:
             first_s = time.perf_counter() - t
             host = median(per_call(lambda: bb.features(frames), args.calls))
             on_device = jax.device_put(frames, parallel.batch_sharding(bb.mesh))
-            device = median(per_call(lambda: bb._features(bb.variables, on_device).block_until_ready(), args.calls))
+            device = median(per_call(lambda: bb._features(bb.inference_variables, on_device).block_until_ready(), args.calls))
             outputs[(dtype, batch)] = out
             row = {"dtype": dtype, "batch": bb.batch_size, "devices": bb.mesh.size, "first_call_s": round(first_s, 2),
                    "host_to_host_frames_per_s": round(len(frames) / host, 1),

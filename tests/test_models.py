@@ -217,6 +217,28 @@ def test_float32_conv_is_nn_conv(size):
     assert np.abs(out - expected).max() < 1e-5 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_off_the_cpu_every_conv_is_xlas(monkeypatch, dtype):
+    """On a GPU/TPU the CPU rewrites are off: the 3x3 layers (stride 1 and 2) lower to one convolution each
+    and no Winograd kernels are prepared; on the CPU a stride-1 layer lowers to matrix products (Winograd)."""
+    from popjax.models import resnet
+
+    x = jnp.zeros((1, 16, 16, 8), jnp.float32)
+
+    def primitives(strides):
+        conv = Conv(8, (3, 3), strides, ((1, 1), (1, 1)), dtype=dtype)
+        v = conv.init(jax.random.key(0), x)
+        return {e.primitive.name for e in jax.make_jaxpr(conv.apply)(v, x).jaxpr.eqns}
+
+    assert "conv_general_dilated" not in primitives((1, 1))
+    monkeypatch.setattr(resnet.jax, "default_backend", lambda: "gpu")
+    for s in ((1, 1), (2, 2)):
+        assert "conv_general_dilated" in primitives(s) and "dot_general" not in primitives(s)
+    model = ResNet(stage_sizes=(1,), width=4, dtype=dtype)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    assert not winograd_kernels(model, v, 64)
+
+
 def test_winograd_kernels_are_computed_once_and_used():
     """``winograd_kernels`` returns U = G g G^T of each Winograd layer (tile 4 at 28 px, tile 2 at 56) and only
     for those; applying the model with them gives what it computes without them, and a changed U is used."""

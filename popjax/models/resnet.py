@@ -118,12 +118,19 @@ def winograd_conv3x3(x, u, tile: int):
     return y.reshape(b, th * tile, tw * tile, -1)[:, :h, :w]
 
 
+def cpu_kernels() -> bool:
+    """Whether ``Conv`` rewrites convolutions for XLA:CPU (Winograd, shifted products): only when JAX runs on
+    the CPU; on a GPU or TPU every k x k convolution is XLA's own (cuDNN on NVIDIA GPUs)."""
+    return jax.default_backend() == "cpu"
+
+
 def winograd_tile(dtype, kernel_size, strides, padding, size) -> int:
     """The Winograd tile ``Conv`` uses for a layer (0: none), from single layers and the whole ResNet50 on
     this CPU (benchmarks/conv_layers.py, benchmarks/RESULTS.md): 3x3 stride-1 pad-1 layers only; float32:
     tile 2 at 56 px, tile 4 at 28 px and below; bfloat16: tile 2 at 28 px and below (tile 4's bf16 error is
     5e-2; at 56 px tile 2 is no faster in the network than XLA's convolution, and less exact)."""
-    if (tuple(kernel_size), tuple(strides), tuple(map(tuple, padding))) != ((3, 3), (1, 1), ((1, 1), (1, 1))):
+    if not cpu_kernels() or (tuple(kernel_size), tuple(strides), tuple(map(tuple, padding))) != (
+            (3, 3), (1, 1), ((1, 1), (1, 1))):
         return 0
     if jnp.dtype(dtype) == jnp.bfloat16:
         return 2 if size <= 28 else 0
@@ -141,7 +148,7 @@ class Conv(nn.Module):
     * bfloat16, other layers with outputs of at most ``shifted_max_size`` px (the strided 3x3 layers):
       ``shifted_conv``, bf16 products with float32 results, which XLA:CPU runs on the CPU's bf16 dot
       instructions and its bf16 convolutions do not (alone: 7x7 2.0x, 14x14 1.7x, 28x28 1.2x; the stem 0.03x);
-    * else ``lax.conv_general_dilated``.
+    * else ``lax.conv_general_dilated``, and always off the CPU (``cpu_kernels``).
     """
 
     features: int
@@ -171,7 +178,7 @@ class Conv(nn.Module):
                 if self.is_mutable_collection("winograd") and not self.is_initializing():
                     self.put_variable("winograd", "kernel", u)
             y = winograd_conv3x3(x, u, tile).astype(self.dtype)
-        elif jnp.dtype(self.dtype) == jnp.bfloat16 and out_size <= self.shifted_max_size:
+        elif jnp.dtype(self.dtype) == jnp.bfloat16 and out_size <= self.shifted_max_size and cpu_kernels():
             y = shifted_conv(jnp.pad(x, ((0, 0), *self.padding, (0, 0))), kernel.astype(self.dtype),
                              self.strides).astype(self.dtype)
         else:
