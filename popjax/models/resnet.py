@@ -11,6 +11,10 @@ The output of the last convolutional stage, the paper's A in R^{K x K x F} (K = 
 is sown as ``intermediates/last_conv`` and has a zero ``perturbations/last_conv`` added to it, so that
 ``jax.grad`` with respect to that perturbation gives dS/dA for Grad-CAM (``popjax.explain.gradcam``).
 Parameter names follow the Keras applications layers (``conv2_block1/conv1`` is ``conv2_block1_1_conv``).
+
+On the CPU the convolutions are computed in the forms XLA:CPU runs fastest (``Conv``, ``PointwiseConv``;
+same parameters and results as ``nn.Conv``); ``winograd_kernels`` precomputes the Winograd layers' kernel
+transforms as an optional ``winograd`` variable collection for inference.
 """
 from __future__ import annotations
 
