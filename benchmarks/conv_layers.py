@@ -6,7 +6,7 @@ One JAX device (XLA's own intra-op threads), ``--dtype`` (fp32 or bf16), NHWC, b
 Rows, besides XLA's own convolution:
 
 * ``winograd tile 2 / 4``: what popjax's ``Conv`` runs for 3x3 stride-1 layers (``resnet.winograd_tile``: fp32
-  tile 2 at 56 px and tile 4 below, bf16 tile 2 at 28 px and below), Winograd F(2x2, 3x3) / F(4x4, 3x3) with
+  tile 4, bf16 tile 2 at 28 px and below), Winograd F(2x2, 3x3) / F(4x4, 3x3) with
   the kernel transform done once outside the timed call, as ``Backbone`` does; counted at the direct
   convolution's FLOPs;
 * ``shifted`` (bf16): ``resnet.shifted_conv``, k^2 shifted bf16 dots with float32 results (popjax's strided

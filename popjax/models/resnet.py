@@ -133,14 +133,15 @@ def cpu_kernels() -> bool:
 def winograd_tile(dtype, kernel_size, strides, padding, size) -> int:
     """The Winograd tile ``Conv`` uses for a layer (0: none), from single layers and the whole ResNet50 on
     this CPU (benchmarks/conv_layers.py, benchmarks/RESULTS.md): 3x3 stride-1 pad-1 layers only; float32:
-    tile 2 at 56 px, tile 4 at 28 px and below; bfloat16: tile 2 at 28 px and below (tile 4's bf16 error is
-    5e-2; at 56 px tile 2 is no faster in the network than XLA's convolution, and less exact)."""
+    tile 4 (ResNet50 on 2 cores: 24.6 frames/s, tile 2 at 56 px 23.7, tile 2 everywhere 22.8); bfloat16:
+    tile 2 at 28 px and below (tile 4's bf16 error is 5e-2; at 56 px tile 2 is no faster in the network than
+    XLA's convolution, and less exact)."""
     if not cpu_kernels() or (tuple(kernel_size), tuple(strides), tuple(map(tuple, padding))) != (
             (3, 3), (1, 1), ((1, 1), (1, 1))):
         return 0
     if jnp.dtype(dtype) == jnp.bfloat16:
         return 2 if size <= 28 else 0
-    return 2 if size > 28 else 4
+    return 4
 
 
 class Conv(nn.Module):
