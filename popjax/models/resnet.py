@@ -167,7 +167,6 @@ class Conv(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     shifted_max_size: int = 28
-    winograd: bool = True
 
     @nn.compact
     def __call__(self, x):
@@ -176,7 +175,7 @@ class Conv(nn.Module):
         x = x.astype(self.dtype)
         out_size = max((n + sum(p) - k) // s + 1
                        for n, p, k, s in zip(x.shape[1:3], self.padding, self.kernel_size, self.strides))
-        tile = self.winograd and winograd_tile(self.dtype, self.kernel_size, self.strides, self.padding, out_size)
+        tile = winograd_tile(self.dtype, self.kernel_size, self.strides, self.padding, out_size)
         if tile:
             if self.has_variable("winograd", "kernel"):
                 u = self.get_variable("winograd", "kernel")
