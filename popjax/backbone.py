@@ -103,7 +103,7 @@ class Backbone:
     @functools.cached_property
     def inference_variables(self) -> dict:
         """What inference runs on: the variables plus the Winograd layers' transformed kernels, computed on
-        first use (~0.8 s; a backbone that is only calibrated or saved never needs them)."""
+        first use (~0.5 s, mostly tracing the model; a backbone only calibrated or saved never needs them)."""
         return {**self.variables, **jax.device_put(
             winograd_kernels(self.model, self.variables, self.metadata["image_size"]),
             parallel.replicated(self.mesh))}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from popjax.models import Attention, HeadlineEncoder, MeanPooling, ResNet, build_model, masked_softmax
-from popjax.models.resnet import (Conv, PointwiseConv, max_pool_3x3_s2, shifted_conv, winograd_conv3x3,
+from popjax.models.resnet import (WINOGRAD, Conv, PointwiseConv, max_pool_3x3_s2, shifted_conv, winograd_conv3x3,
                                   winograd_kernel, winograd_kernels)
 
 
@@ -190,6 +190,16 @@ def test_shifted_conv_is_a_convolution(k, stride, pad, size):
     ref = jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     out = shifted_conv(jnp.pad(x, ((0, 0), *padding, (0, 0))), w, (stride, stride))
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_kernel_is_g_kernel_g_transposed(tile):
+    k = np.random.default_rng(tile).normal(size=(3, 3, 5, 7))
+    g = np.asarray(WINOGRAD[tile]["G"])
+    ref = np.stack([[g @ k[:, :, c, f] @ g.T for f in range(7)] for c in range(5)]).transpose(2, 3, 0, 1)
+    u = np.asarray(winograd_kernel(k.astype(np.float32), tile))
+    assert u.shape == ((tile + 2) ** 2, 5, 7)
+    np.testing.assert_allclose(u.reshape(ref.shape), ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("tile", [2, 4])
