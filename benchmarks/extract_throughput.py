@@ -225,7 +225,10 @@ def end_to_end(args, weights: Path, backbone_fps: float | None, ort_fps: float |
         out["serial_bound_videos_per_s"] = round(serial, 3)
         out["overlap_bound_videos_per_s"] = round(min(bb, dec["videos_per_s"]), 3)
         out["wall_over_serial_bound"] = round(e2e["videos_per_s"] / serial, 3)
-        out["loop_over_serial_bound"] = round(e2e["loop_videos_per_s"] / serial, 3)
+        # one per extract above: the first compiles ResNet50 unless the persistent compilation cache holds it from an
+        # earlier run (the first run after a code change: cold), the second (same program) loads it from there
+        out["loop_over_serial_bound"] = [round(x["loop_videos_per_s"] / serial, 3) for x in out["extract"]]
+        out["steady_over_serial_bound"] = [round(x["steady_videos_per_s"] / serial, 3) for x in out["extract"]]
     if ort_fps:
         bb = ort_fps / args.num_frames
         out["onnxruntime_backbone_videos_per_s"] = round(bb, 3)
@@ -414,13 +417,15 @@ def main() -> None:
             print(f"{'popjax extract ' + x['weights'] + ', wall':44s} {x['videos_per_s']:9.3f}   "
                   f"start {x['process_start_s']} s + outside loop {x['outside_loop_s']} s + loop {x['loop_s']} s")
             print(f"{'  its decode+encode loop (incl. 1st compile)':44s} {x['loop_videos_per_s']:9.3f}")
+            print(f"{'  the loop after its 1st backbone call':44s} {x['steady_videos_per_s']:9.3f}   "
+                  f"1st call (kernel transforms, compilation) {x['first_call_s']} s")
         print(f"{'decode only (sample_frames, 1 thread/core)':44s} {e['decode_only']['videos_per_s']:9.3f}")
         if "backbone_videos_per_s" in e:
             print(f"{'backbone only (popjax fp32, all devices)':44s} {e['backbone_videos_per_s']:9.3f}")
             print(f"{'bound 1/(1/decode + 1/backbone)':44s} {e['serial_bound_videos_per_s']:9.3f}")
             print(f"{'bound min(decode, backbone)':44s} {e['overlap_bound_videos_per_s']:9.3f}")
-            print(f"loop / serial bound = {e['loop_over_serial_bound']}, wall / serial bound = "
-                  f"{e['wall_over_serial_bound']}")
+            print(f"loop / serial bound = {e['loop_over_serial_bound']}, after the 1st call: "
+                  f"{e['steady_over_serial_bound']}, wall / serial bound = {e['wall_over_serial_bound']}")
         if "onnxruntime_serial_bound_videos_per_s" in e:
             print(f"{'serial bound with the onnxruntime backbone':44s} {e['onnxruntime_serial_bound_videos_per_s']:9.3f}")
 

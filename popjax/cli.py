@@ -57,8 +57,10 @@ def _extract(args) -> int:
         return 2
     if report:  # process 0
         t = report["throughput"]
+        steady = (f"; {t['steady_videos_per_s']} videos/s after the first backbone call, which took "
+                  f"{t['first_call_seconds']} s with compilation" if t["steady_videos_per_s"] else "")
         print(f"extracted {report['extracted']} of {report['manifest_rows']} rows "
-              f"({t['videos_per_s']} videos/s, {t['frames_per_s']} frames/s this run) -> {report['dataset']}")
+              f"({t['videos_per_s']} videos/s, {t['frames_per_s']} frames/s this run{steady}) -> {report['dataset']}")
         if report["failed"]:
             print(f"{report['failed']} rows rejected {report['failed_by_reason']}: see {args.out}/errors.jsonl",
                   file=sys.stderr)
