@@ -1,0 +1,107 @@
+"""The one-time cost of a process's first ``Backbone.features`` call, step by step, with a cold compilation cache.
+
+What ``popjax extract`` / ``predict`` / ``explain`` pay once per process before the backbone runs at its steady
+rate (``report.json``'s ``first_call_seconds`` is this plus decoding the first videos):
+
+* the Winograd kernel transforms (``Backbone.inference_variables``), and U = G g G^T alone for every Winograd
+  layer as popjax computes it (one matrix product per layer, ``resnet.winograd_kernel``) and as the two-sided
+  product G g G^T (what it replaced);
+* the forward pass: trace, lowering, XLA compilation, the first run, and the steady run (median of ``--calls``).
+
+A fresh, empty ``POPJAX_CACHE_DIR`` unless ``--warm-cache`` (then the persistent cache of earlier runs is used);
+freed memory retained and one CPU device per core, as the ``popjax`` command runs.
+
+    python benchmarks/first_call.py [--dtype fp32|bf16] [--batch-size 32] [--calls 3] [--warm-cache]
+                                    [--out benchmarks/out/first_call.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def timed(fn):
+    import jax
+
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--batch-size", type=int, default=32, help="frames per call, as extract's (-> 36)")
+    parser.add_argument("--calls", type=int, default=3, help="steady calls after the first (median)")
+    parser.add_argument("--warm-cache", action="store_true", help="use the persistent compilation cache")
+    parser.add_argument("--out", default=None, help="default benchmarks/out/first_call_<dtype>.json")
+    args = parser.parse_args()
+    if not args.warm_cache:
+        os.environ["POPJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="popjax-first-call-cache-")
+    from popjax import runtime
+
+    runtime.configure(retain_memory=True)   # as the popjax command; before JAX starts
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from _env import environment, median, write_result
+
+    from popjax import parallel
+    from popjax.backbone import Backbone
+    from popjax.extract import frames_per_call
+    from popjax.models.resnet import WINOGRAD, winograd_kernel
+
+    env = environment()
+    dtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[args.dtype]
+    backbone = Backbone.random(0, batch_size=frames_per_call(args.batch_size, 18), dtype=dtype)
+    frames = np.random.default_rng(0).integers(0, 256, (backbone.batch_size, 224, 224, 3), np.uint8)
+    x = jax.device_put(frames, parallel.batch_sharding(backbone.mesh))
+    steps = {}
+
+    variables, steps["kernel transforms (inference_variables)"] = timed(lambda: backbone.inference_variables)
+
+    # U alone for the same layers (the tile from U's shape), once as popjax computes it, once two-sided.
+    kernels, tiles = [], []
+    for path, u in jax.tree_util.tree_leaves_with_path(variables["winograd"]):
+        kernel = variables["params"]
+        for key in path[:-1]:
+            kernel = kernel[key.key]
+        kernels.append(kernel["kernel"])
+        tiles.append(int(round(u.shape[0] ** 0.5)) - 2)
+
+    def two_sided(kernel, tile):
+        g = jnp.asarray(WINOGRAD[tile]["G"], jnp.float32)
+        u = jnp.einsum("ki,ijcf,lj->klcf", g, kernel.astype(jnp.float32), g)
+        return u.reshape(-1, *kernel.shape[2:]).astype(dtype)
+
+    for name, fn in [("U alone, one product per layer (popjax)", lambda k, t: winograd_kernel(k, t, dtype)),
+                     ("U alone, two-sided G g G^T (before)", two_sided)]:
+        f = jax.jit(lambda ks, fn=fn: [fn(k, t) for k, t in zip(ks, tiles)])
+        compiled, steps[f"{name}: compile"] = timed(lambda: f.lower(kernels).compile())
+        steps[f"{name}: run"] = median([timed(lambda: compiled(kernels))[1] for _ in range(3)])
+
+    traced, steps["forward: trace"] = timed(lambda: backbone._features.trace(variables, x))
+    lowered, steps["forward: lower"] = timed(traced.lower)
+    compiled, steps["forward: compile (or load)"] = timed(lowered.compile)
+    _, steps["forward: first run"] = timed(lambda: compiled(variables, x))
+    steps["forward: steady run (median)"] = median([timed(lambda: compiled(variables, x))[1]
+                                                    for _ in range(args.calls)])
+
+    print(f"first Backbone.features call, {args.dtype}, {backbone.batch_size} frames, {jax.device_count()} "
+          f"devices, {'warm' if args.warm_cache else 'cold'} compilation cache, {len(kernels)} Winograd layers")
+    for name, seconds in steps.items():
+        print(f"  {name:48s} {seconds:7.3f} s")
+    doc = {"what": "one-time cost of the first Backbone.features call", "dtype": args.dtype,
+           "frames_per_call": backbone.batch_size, "warm_cache": args.warm_cache, "winograd_layers": len(kernels),
+           "seconds": {k: round(v, 4) for k, v in steps.items()}, "environment": env}
+    print(f"-> {write_result(args.out or f'benchmarks/out/first_call_{args.dtype}.json', doc)}")
+
+
+if __name__ == "__main__":
+    main()
