@@ -177,14 +177,14 @@ def first_call(run, frames) -> tuple[float, np.ndarray]:
     return s, out
 
 
-def interleaved(runs: dict, frames_of: dict, rounds: int, calls: int) -> dict:
-    """Per key: seconds of each of ``rounds * calls`` calls, timed in rounds that visit every implementation in
-    turn (``calls`` each), so that a drift of the machine's speed over the run (a shared host) reaches all of
-    them alike instead of whichever ran first or last."""
-    times = {k: [] for k in runs}
+def interleaved(calls_of: dict, rounds: int, calls: int) -> dict:
+    """Per key: seconds of each of ``rounds * calls`` calls of ``calls_of[key]()``, timed in rounds that visit
+    every implementation in turn (``calls`` each), so that a drift of the machine's speed over the run (a shared
+    host) reaches all of them alike instead of whichever ran first or last."""
+    times = {k: [] for k in calls_of}
     for _ in range(rounds):
-        for k, run in runs.items():
-            times[k] += per_call(lambda run=run, k=k: run(frames_of[k]), calls, warmup=0)
+        for k, call in calls_of.items():
+            times[k] += per_call(call, calls, warmup=0)
     return times
 
 
@@ -320,7 +320,7 @@ def main() -> None:
 
     reps = 3 if q else 5
     peaks_before = matmul_peaks(args.matmul_n, reps)
-    rows, outputs, runs, frames_of, firsts = [], {}, {}, {}, {}
+    rows, outputs, built = [], {}, {}   # built: key -> (the timed call, the row's fields known before timing)
     frames_by_batch = {}
     for impl, variant, dt, b in configs:
         frames = frames_by_batch.setdefault(b, rng.integers(0, 256, (b, IMAGE, IMAGE, 3), np.uint8))
@@ -341,19 +341,20 @@ def main() -> None:
             print(f"{impl} {variant} {dt} batch {b}: SKIPPED ({rows[-1]['skipped'][:120]})")
             continue
         key = (impl, variant, dt, b)
-        runs[key], frames_of[key], outputs[key] = run, frames, out
-        firsts[key] = {"label": label, "info": info, "first_call_s": round(first_s, 2)}
+        outputs[key] = out
+        built[key] = (lambda run=run, frames=frames: run(frames),
+                      {"impl": impl, "variant": variant, "label": label, "dtype": dt, "batch": b, **info,
+                       "first_call_s": round(first_s, 2)})
         print(f"  {label:34s} {dt:4s} batch {b:3d}: ready (first call {first_s:.2f} s)", flush=True)
     print(f"timing: {args.rounds} interleaved rounds x {args.calls} calls per implementation ...", flush=True)
-    for key, times in interleaved(runs, frames_of, args.rounds, args.calls).items():
-        impl, variant, dt, b = key
-        s = median(times)
-        r = {"first_call_s": firsts[key]["first_call_s"], "calls": len(times), "ms_per_batch": round(1e3 * s, 1),
-             "ms_per_batch_min": round(1e3 * min(times), 1), "frames_per_s": round(b / s, 2)}
-        gflops = r["frames_per_s"] * flop_per_image / 1e9
-        rows.append({"impl": impl, "variant": variant, "label": firsts[key]["label"], "dtype": dt, "batch": b,
-                     **firsts[key]["info"], **r, "achieved_gflop_per_s": round(gflops, 1)})
-    del runs
+    timed = interleaved({k: call for k, (call, _) in built.items()}, args.rounds, args.calls)
+    for key, times in timed.items():
+        s, row = median(times), built[key][1]
+        fps = row["batch"] / s
+        rows.append({**row, "calls": len(times), "ms_per_batch": round(1e3 * s, 1),
+                     "ms_per_batch_min": round(1e3 * min(times), 1), "frames_per_s": round(fps, 2),
+                     "achieved_gflop_per_s": round(fps * flop_per_image / 1e9, 1)})
+    del built
 
     # Agreement with torch fp32 eager on the same frames (first batch size).
     b0 = args.batch_sizes[0]

@@ -51,6 +51,7 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
     from _env import environment, median, write_result
+    from flax.traverse_util import flatten_dict
 
     from popjax import parallel
     from popjax.backbone import Backbone
@@ -67,13 +68,9 @@ def main() -> None:
     variables, steps["kernel transforms (inference_variables)"] = timed(lambda: backbone.inference_variables)
 
     # U alone for the same layers (the tile from U's shape), once as popjax computes it, once two-sided.
-    kernels, tiles = [], []
-    for path, u in jax.tree_util.tree_leaves_with_path(variables["winograd"]):
-        kernel = variables["params"]
-        for key in path[:-1]:
-            kernel = kernel[key.key]
-        kernels.append(kernel["kernel"])
-        tiles.append(int(round(u.shape[0] ** 0.5)) - 2)
+    params, transformed = flatten_dict(variables["params"]), flatten_dict(variables["winograd"])
+    kernels = [params[path] for path in transformed]   # the same path: .../convN/kernel
+    tiles = [int(round(u.shape[0] ** 0.5)) - 2 for u in transformed.values()]
 
     def two_sided(kernel, tile):
         g = jnp.asarray(WINOGRAD[tile]["G"], jnp.float32)
