@@ -47,7 +47,7 @@ def _extract(args) -> int:
     from popjax.weights import WeightsError
 
     settings = Settings(num_frames=args.num_frames, seconds=args.seconds, max_words=args.max_words,
-                        workers=args.workers, chunk_videos=args.chunk_videos)
+                        workers=args.workers, shard_videos=args.shard_videos)
     try:
         report = extract(args.manifest, args.out, weights=args.weights, batch_size=args.batch_size,
                          glove=args.glove, settings=settings, seed=args.seed, dtype=args.dtype,
@@ -55,7 +55,9 @@ def _extract(args) -> int:
     except (ManifestError, WeightsError, FileNotFoundError, ExtractError) as e:
         print(f"popjax extract: error: {e}", file=sys.stderr)
         return 2
-    if report:  # process 0
+    import jax
+
+    if jax.process_index() == 0:   # every process returns the same exit code; process 0 speaks
         t = report["throughput"]
         steady = (f"; {t['steady_videos_per_s']} videos/s after the first backbone call, which took "
                   f"{t['first_call_seconds']} s with compilation" if t["steady_videos_per_s"] else "")
@@ -64,8 +66,7 @@ def _extract(args) -> int:
         if report["failed"]:
             print(f"{report['failed']} rows rejected {report['failed_by_reason']}: see {args.out}/errors.jsonl",
                   file=sys.stderr)
-        return 1 if report["failed"] else 0
-    return 0
+    return 1 if report["failed"] else 0
 
 
 def _predict(args) -> int:
@@ -111,6 +112,29 @@ def _explain(args) -> int:
     return 0
 
 
+def _add_distributed(p) -> None:
+    g = p.add_argument_group("several processes (one per host; every process runs the same command and "
+                             "--out must be a directory that all of them see)")
+    g.add_argument("--coordinator-address", help="host:port of process 0")
+    g.add_argument("--num-processes", type=int, help="how many processes take part")
+    g.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a cluster JAX detects by itself (Cloud TPU, SLURM, ...) instead")
+
+
+def _check_distributed(parser, args) -> None:
+    given = [args.coordinator_address is not None, args.num_processes is not None, args.process_id is not None]
+    if any(given) and not all(given):
+        parser.error("--coordinator-address, --num-processes and --process-id go together")
+    if all(given):
+        if args.num_processes < 1:
+            parser.error(f"--num-processes must be >= 1, got {args.num_processes}")
+        if not 0 <= args.process_id < args.num_processes:
+            parser.error(f"--process-id must be in 0 .. {args.num_processes - 1}, got {args.process_id}")
+        if args.distributed:
+            parser.error("--distributed detects the cluster itself: give it alone, or the three flags")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,9 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--max-words", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core)")
-    p.add_argument("--chunk-videos", type=int, default=64, help="videos per resumable cache file")
+    p.add_argument("--shard-videos", type=int, default=64,
+                   help="manifest rows per dataset shard (the unit of work per process and of resume)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random backbone when no --weights")
     p.add_argument("--quiet", action="store_true")
+    _add_distributed(p)
     p.set_defaults(func=_extract)
 
     p = sub.add_parser("explain", help="figure.png, headline.html and explanation.json for one video + headline")
@@ -179,9 +205,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "explain" and not (args.video or (args.manifest and args.row)):
         parser.error("explain needs --video (and --headline) or --manifest and --row")
-    from popjax import runtime
+    if args.command == "extract":
+        _check_distributed(parser, args)
+        if args.shard_videos < 1:
+            parser.error(f"--shard-videos must be >= 1, got {args.shard_videos}")
+    from popjax import parallel, runtime
 
     runtime.configure(retain_memory=True)   # one CPU device per core, compilation cache, memory kept
+    if getattr(args, "distributed", False) or getattr(args, "coordinator_address", None):
+        parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     return args.func(args)
 
 

@@ -3,26 +3,36 @@
 Per video: the N = 18 frames of the first 6 s (``data.video``), their ResNet50 features x_i (``Backbone``),
 the headline's tokens (``data.text``) and the label (``data.manifest``). Frames are decoded by a pool of
 threads (each drives one ffmpeg process, so decoding runs outside the GIL) while the main thread runs the
-jit-compiled, batched backbone on all local devices. With several processes (``jax.distributed``) each
-takes its own shard of the manifest and process 0 assembles the dataset.
+jit-compiled, batched backbone on all local devices.
 
-The work directory is resumable: finished videos sit in ``cache/`` chunks (written atomically) and are not
-redone; the backbone used is saved in ``backbone/`` so a resumed run, ``predict`` and ``explain`` use
-exactly the same one. Every rejected row goes to ``errors.jsonl`` with its reason; ``report.json`` has the
+The dataset is planned from the manifest before anything is decoded: the rows of each split, in id order,
+are cut into shards of ``Settings.shard_videos``; the popularity threshold (the median normalised views of
+the training rows) and the vocabulary are fixed from the manifest too. So every shard can be written on its
+own, by any process, streaming: with several processes (``jax.distributed``), shard k is written by process
+k mod P, straight into the TFDS array_record dataset, and process 0 writes the dataset's metadata once every
+shard is complete. The dataset's content does not depend on the number of processes or on interruptions.
+
+The output directory must be one directory that every process sees (a shared filesystem); each run checks
+this first. It is resumable: a shard is done once its record in ``work/shards/`` is written (after the shard
+file), and is not redone; the backbone is saved in ``backbone/`` so a resumed run, ``predict`` and ``explain``
+use exactly the same one. Every rejected row goes to ``errors.jsonl`` with its reason; ``report.json`` has the
 counts and the throughput.
+
+Cross-process steps are either collectives that every process calls (barriers, the backbone's orbax save and
+restore, small all-gathers) or plain atomic file writes by one process followed by a barrier.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-import io
+import hashlib
 import json
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -31,16 +41,20 @@ from popjax import files
 from popjax.backbone import Backbone
 from popjax.data import dataset, manifest as manifest_lib, text as text_lib
 from popjax.data.video import VideoError, sample_frames
-from popjax.weights import load_backbone, save_backbone
+from popjax.weights import WeightsError, load_backbone, save_backbone
 
-DEMO_RESIDUAL_SCALE = 0.2   # see PROBES.md and the closing note of the data issue
+# The random demo backbone's initial residual scale: small enough that the random network's features keep
+# local colour and texture (a planted cue stays learnable), large enough to see the whole frame.
+DEMO_RESIDUAL_SCALE = 0.2
 CALIBRATION_FRAMES = 64
+FORMAT = 2   # the layout of ``work/``; a work directory of another layout is started afresh
 
 
 class ExtractError(RuntimeError):
-    """No dataset can be built (no decodable video, or no extracted training row for the threshold).
+    """No dataset can be built (no decodable video, no extracted training row, an output directory that the
+    processes do not share).
 
-    ``errors.jsonl`` is still written first, so every rejected row keeps its reason.
+    ``errors.jsonl`` is still written first where rows were rejected, so every rejected row keeps its reason.
     """
 
 
@@ -50,7 +64,7 @@ class Settings:
     seconds: float = 6.0       # the first 6 s (paper)
     max_words: int = 32
     workers: int = 0           # decoding threads; 0 = one per core
-    chunk_videos: int = 64     # videos per cache file
+    shard_videos: int = 64     # manifest rows per dataset shard: the unit of work, of resume and of memory
 
 
 @dataclasses.dataclass
@@ -61,6 +75,33 @@ class Featurized:
     timestamps: np.ndarray | None = None
     error: VideoError | None = None
     call: int = -1                         # the backbone call that encoded it (0: the first, which compiles)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``num_shards`` of ``split``: manifest rows, in id order."""
+    split: str
+    index: int
+    num_shards: int
+    rows: tuple
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:05d}-of-{self.num_shards:05d}"
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.rows]
+
+
+def plan_shards(rows: Sequence[manifest_lib.Row], shard_videos: int) -> list[Shard]:
+    """The dataset's shards: each split's rows in id order, ``shard_videos`` to a shard; train, val, test."""
+    shards = []
+    for split in dataset.SPLITS:
+        part = sorted((r for r in rows if r.split == split), key=lambda r: r.id)
+        n = -(-len(part) // shard_videos)
+        shards += [Shard(split, k, n, tuple(part[k * shard_videos:(k + 1) * shard_videos])) for k in range(n)]
+    return shards
 
 
 # --------------------------------------------------------------------------------------------- core
@@ -120,28 +161,44 @@ def prepare_backbone(out: Path, rows, weights=None, seed: int = 0, settings: Set
 
     With ``weights`` (a ``convert-weights`` directory) that backbone; otherwise a random ResNet50 with
     residual scale 0.2 whose BatchNorm statistics are re-estimated on the first frames of the training
-    split (``Backbone.calibrate``).
+    split (``Backbone.calibrate``). With several processes each one computes it, all of them save it
+    together (orbax's save is collective and writes process 0's copy) and all read back what was saved.
     """
     target = out / "backbone"
-    if jax.process_index() == 0 and not (target / "metadata").is_dir():
-        if weights:
-            variables, metadata = load_backbone(weights)
-            metadata["path"] = str(Path(weights).absolute())
-        else:
-            backbone = Backbone.random(seed, residual_scale_init=DEMO_RESIDUAL_SCALE, **backbone_kwargs)
-            backbone = backbone.calibrate(_calibration_frames(rows, settings, backbone))
-            variables, metadata = jax.device_get(backbone.variables), backbone.metadata
-        tmp = out / ".backbone.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_backbone(tmp, variables, metadata)
-        os.replace(tmp, target)
-    _sync("backbone")
+    exists = (target / "metadata").is_dir()
+    variables = metadata = no_video = problem = None
+    if not exists:
+        try:
+            variables, metadata = _new_backbone(rows, weights, seed, settings, backbone_kwargs)
+        except _NoVideo as e:
+            no_video = e
+        except (WeightsError, FileNotFoundError) as e:
+            problem = str(e)
+    _agree(problem, "preparing the backbone")
+    flags = _gather([exists, no_video is not None])
+    if (flags != flags[0]).any():
+        raise ExtractError(f"{out}: the processes disagree on whether {target} exists or whether any video "
+                           "decodes: every process must see the same output directory and the same videos")
+    if no_video is not None:
+        raise no_video
+    if not exists:
+        save_backbone(target, variables, metadata)   # every process calls it (orbax's save is collective)
     return Backbone.load(target, **backbone_kwargs)
+
+
+def _new_backbone(rows, weights, seed: int, settings: Settings, backbone_kwargs) -> tuple[dict, dict]:
+    if weights:
+        variables, metadata = load_backbone(weights)
+        metadata["path"] = str(Path(weights).absolute())
+        return variables, metadata
+    backbone = Backbone.random(seed, residual_scale_init=DEMO_RESIDUAL_SCALE, **backbone_kwargs)
+    backbone = backbone.calibrate(_calibration_frames(rows, settings, backbone))
+    return jax.device_get(backbone.variables), backbone.metadata
 
 
 def _calibration_frames(rows, settings: Settings, backbone: Backbone) -> np.ndarray:
     # Training rows (by id); the others only if no training video decodes, so that the run still gets
-    # to record every row's error (it then stops in _assemble: no training row, no threshold).
+    # to record every row's error (it then stops: no training row, no dataset).
     train = sorted((r for r in rows if r.split == "train"), key=lambda r: r.id)
     others = sorted((r for r in rows if r.split != "train"), key=lambda r: r.id)
     frames, failed = [], []
@@ -171,117 +228,167 @@ class _NoVideo(Exception):
 # ------------------------------------------------------------------------------------------- extract
 def extract(manifest_path, out, *, weights=None, batch_size: int = 32, glove: str | None = None,
             settings: Settings = Settings(), seed: int = 0, progress: bool = True, dtype="float32") -> dict:
-    """Run (or resume) an extraction; returns the report (also in ``out/report.json``)."""
+    """Run (or resume) an extraction; returns the report (also in ``out/report.json``).
+
+    With several processes every process calls it with the same arguments."""
     t0 = time.time()
     out = Path(out)
-    (out / "cache").mkdir(parents=True, exist_ok=True)
+    pid, nproc = jax.process_index(), jax.process_count()
     result = manifest_lib.read_manifest(manifest_path)
     rows = sorted(result.rows, key=lambda r: r.id)
+    try:
+        threshold = manifest_lib.popularity_threshold(rows)
+    except ValueError:
+        if pid == 0:
+            write_errors(out / "errors.jsonl", result, [])
+        raise ExtractError(f"{manifest_path}: no accepted training row, so there is no median to label by "
+                           f"(rejected rows in {out / 'errors.jsonl'}); no dataset written") from None
+    shards = plan_shards(rows, settings.shard_videos)
+    work = out / "work"
+    run = _join(out, work, _fingerprint(rows, settings, weights=weights, seed=seed, dtype=dtype, glove=glove))
     try:
         backbone = prepare_backbone(out, rows, weights, seed, settings, dtype=dtype,
                                     batch_size=frames_per_call(batch_size, settings.num_frames))
     except _NoVideo as e:
-        write_errors(out / "errors.jsonl", result, e.video_errors)
+        if pid == 0:
+            write_errors(out / "errors.jsonl", result, e.video_errors)
         raise ExtractError(f"{manifest_path}: no decodable video among its {len(rows)} accepted rows "
                            f"(reasons in {out / 'errors.jsonl'}); no dataset written") from None
-
-    pid, nproc = jax.process_index(), jax.process_count()
-    done = _cached_ids(out / "cache")
-    todo = [r for i, r in enumerate(rows) if i % nproc == pid and r.id not in done]
-    chunk: list[Featurized] = []
-    n_new, n_first, t_loop = 0, 0, time.time()
-    t_first = None
-    errors_file = _open_errors(out / "cache" / f"errors-p{pid:03d}.jsonl")
-    bar = _bar(len(todo), progress and pid == 0)
-    try:
-        for item in featurize(todo, backbone, settings):
-            if item.error is not None:
-                errors_file.write(json.dumps(video_error(item.row, item.error)) + "\n")
-                errors_file.flush()
-            else:
-                chunk.append(item)
-                n_new += 1
-                if item.call == 0:
-                    n_first, t_first = n_first + 1, time.time()
-            if len(chunk) >= settings.chunk_videos:
-                _write_chunk(out / "cache", pid, chunk)
-                chunk = []
-            bar.update(1)
-        if chunk:
-            _write_chunk(out / "cache", pid, chunk)
-    finally:
-        bar.close()
-        errors_file.close()
-    t_end = time.time()
-    loop_seconds = t_end - t_loop
-    _sync("features")
-
-    report = {}
-    if pid == 0:
-        report = _assemble(out, manifest_path, result, rows, backbone, glove, settings)
-        report["throughput"] = {
-            "videos_this_run": n_new, "seconds": round(loop_seconds, 2),
-            **_rates("", n_new, loop_seconds, settings.num_frames),
-            # The first backbone call also transforms the Winograd kernels and compiles (or loads) the
-            # program: a one-time cost, reported apart from the rate after it.
-            "first_call_seconds": round(t_first - t_loop, 2) if t_first else None,
-            **_rates("steady_", n_new - n_first, t_end - t_first if n_new > n_first else 0.0, settings.num_frames),
-            "processes": nproc, "local_devices": jax.local_device_count()}
-        report["seconds_total"] = round(time.time() - t0, 2)
-        files.write_json(out / "report.json", report)
-    _sync("report")
-    return report
-
-
-def _assemble(out: Path, manifest_path, result, rows, backbone: Backbone, glove, settings: Settings) -> dict:
-    """Cache chunks + manifest -> vocabulary, word vectors, labels, the TFDS dataset, errors, report."""
-    features = _read_cache(out / "cache")
-    row_ids = {r.id for r in rows}   # a cache from an earlier version of the manifest may hold other ids
-    video_errors = [e for e in _read_errors(out / "cache") if e["id"] in row_ids]
-    errors = write_errors(out / "errors.jsonl", result, video_errors)   # first: reported even if no dataset can be built
-    ok = [r for r in rows if r.id in features]
-    if not any(r.split == "train" for r in ok):
-        raise ExtractError(f"{manifest_path}: no training row was extracted ({len(ok)} rows in other splits), "
-                           f"so there is no median to label by; reasons in {out / 'errors.jsonl'}")
-    vectors = text_lib.WordVectors.load(glove)
-    tokens = {r.id: text_lib.tokenize(r.headline, settings.max_words, known=vectors) for r in ok}
-    vocab = text_lib.Vocabulary.build(tokens.values(), vectors)
-    vocab.save(out / "vocab.json")
-    files.save_npy(out / "word_vectors.npy", vocab.embedding_matrix(vectors))
-    threshold = manifest_lib.popularity_threshold(ok)
-
-    examples = []
-    for r in ok:
-        ids, length = vocab.encode(tokens[r.id], settings.max_words)
-        f, ts = features[r.id]
-        examples.append({
-            "id": r.id, "split": r.split, "headline": r.headline, "features": f, "timestamps": ts,
-            "tokens": ids, "length": length, "views": r.views, "followers": r.followers,
-            "normalized_views": r.normalized_views, "label": manifest_lib.label(r, threshold)})
+    vocab, vectors_source = _prepare_text(out, rows, glove, settings)
     metadata = {
         "num_frames": settings.num_frames, "seconds": settings.seconds, "feature_dim": 2048,
         "max_words": settings.max_words, "image_size": backbone.metadata["image_size"],
         "threshold": threshold, "backbone": backbone.description, "backbone_dir": "backbone",
         "backbone_pretrained": bool(backbone.metadata.get("pretrained")), "vocab": "vocab.json",
-        "word_vectors": "word_vectors.npy", "word_vectors_source": vectors.source,
+        "word_vectors": "word_vectors.npy", "word_vectors_source": vectors_source,
         "manifest": str(Path(manifest_path).absolute())}
-    tmp = out / ".tfds.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.write_dataset(tmp, examples, metadata)
-    final = out / dataset.NAME
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp / dataset.NAME, final)
-    shutil.rmtree(tmp, ignore_errors=True)
 
+    mine = [s for k, s in enumerate(shards) if k % nproc == pid]
+    todo = [s for s in mine if _shard_record(work, s, run["fingerprint"]) is None]
+    timing = _write_shards(out, work, todo, backbone, vocab, threshold, metadata, settings, run["fingerprint"],
+                           progress and pid == 0)
+    files.write_json(work / f"throughput-p{pid:03d}.json", timing)
+    _sync("shards")
+
+    def finish():
+        report = _finalize(out, work, manifest_path, result, shards, metadata, run, len(vocab))
+        report["throughput"] = _throughput(work, nproc, settings.num_frames)
+        report["seconds_total"] = round(time.time() - t0, 2)
+        files.write_json(out / "report.json", report)
+        return report
+
+    return _on_process_0(work, run, finish)
+
+
+def _write_shards(out: Path, work: Path, todo: list[Shard], backbone: Backbone, vocab, threshold: float,
+                  metadata: dict, settings: Settings, fingerprint: str, progress: bool) -> dict:
+    """Decode, encode and write ``todo``'s shards, each as soon as its last row is done. Rows come back in
+    order (a failed video's row as soon as it fails, the others with their backbone batch), so at most two
+    shards' serialized examples, and the decoder's bounded read-ahead, are held at a time."""
+    spec = dataset.features_spec(metadata)
+    shard_of = {r.id: s for s in todo for r in s.rows}
+    open_shards: dict[str, dict] = {}
+    n_new = n_first = 0
+    t_loop = time.time()
+    t_first = None
+    bar = _bar(len(shard_of), progress)
+    try:
+        for item in featurize((r for s in todo for r in s.rows), backbone, settings):
+            shard = shard_of[item.row.id]
+            part = open_shards.setdefault(shard.name, {"examples": [], "errors": [], "popular": 0})
+            if item.error is not None:
+                part["errors"].append(video_error(item.row, item.error))
+            else:
+                example = _example(item, vocab, threshold, settings)
+                part["popular"] += example["label"]
+                part["examples"].append(spec.serialize_example(example))   # in id order: batches are in order
+                n_new += 1
+                if item.call == 0:
+                    n_first, t_first = n_first + 1, time.time()
+            bar.update(1)
+            if len(part["examples"]) + len(part["errors"]) == len(shard.rows):
+                del open_shards[shard.name]
+                path = dataset.shard_path(out, shard.split, shard.index, shard.num_shards)
+                num_bytes = dataset.write_shard(path, part["examples"])
+                files.write_json(_record_path(work, shard), {   # after the shard: the record says it is done
+                    "fingerprint": fingerprint, "shard": shard.name, "process": jax.process_index(), "ids": shard.ids,
+                    "examples": len(part["examples"]), "num_bytes": num_bytes, "popular": part["popular"],
+                    "errors": part["errors"]})
+    finally:
+        bar.close()
+    t_end = time.time()
+    return {"videos": n_new, "seconds": t_end - t_loop,
+            "first_call_seconds": t_first - t_loop if t_first else None,
+            "steady_videos": n_new - n_first, "steady_seconds": t_end - t_first if t_first else 0.0}
+
+
+def _example(item: Featurized, vocab, threshold: float, settings: Settings) -> dict:
+    r = item.row
+    ids, length, _ = vocab.encode_headline(r.headline, settings.max_words)
+    return {"id": r.id, "split": r.split, "headline": r.headline, "features": item.features.astype(np.float16),
+            "timestamps": item.timestamps.astype(np.float32), "tokens": ids, "length": length, "views": r.views,
+            "followers": r.followers, "normalized_views": r.normalized_views,
+            "label": manifest_lib.label(r, threshold)}
+
+
+def _prepare_text(out: Path, rows, glove, settings: Settings):
+    """The vocabulary (GloVe words of all accepted headlines) and its frozen word vectors, written by process 0
+    and read by every process."""
+    def build():
+        vectors = text_lib.WordVectors.load(glove)
+        tokens = [text_lib.tokenize(r.headline, settings.max_words, known=vectors) for r in rows]
+        vocab = text_lib.Vocabulary.build(tokens, vectors)
+        files.save_npy(out / "word_vectors.npy", vocab.embedding_matrix(vectors))
+        vocab.save(out / "vocab.json")
+
+    _agree(_problem(build) if jax.process_index() == 0 else None, "building the vocabulary")
+    vocab = text_lib.Vocabulary.load(out / "vocab.json")
+    return vocab, vocab.meta.get("vectors", {}).get("source")
+
+
+def _finalize(out: Path, work: Path, manifest_path, result, shards: list[Shard], metadata: dict, run: dict,
+              vocabulary: int) -> dict:
+    """Process 0, once every shard is written: errors.jsonl, the dataset's metadata, the report."""
+    records = [_shard_record(work, s, run["fingerprint"]) for s in shards]
+    missing = [s.name for s, r in zip(shards, records) if r is None]
+    if missing:
+        raise ExtractError(f"{out}: {len(missing)} of {len(shards)} shards are missing after every process "
+                           f"finished (e.g. {', '.join(missing[:3])}): the output directory must be one "
+                           "directory that every process sees")
+    errors = write_errors(out / "errors.jsonl", result, [e for r in records for e in r["errors"]])
+    lengths, num_bytes = collections.defaultdict(list), collections.Counter()
+    for s, r in zip(shards, records):
+        lengths[s.split].append(r["examples"])
+        num_bytes[s.split] += r["num_bytes"]
+    if not sum(lengths["train"]):
+        raise ExtractError(f"{manifest_path}: no training row was extracted, so there is no dataset to train "
+                           f"on; reasons in {out / 'errors.jsonl'}")
+    for s in shards:   # a split whose every video failed is left out of the dataset
+        if not sum(lengths[s.split]):
+            dataset.shard_path(out, s.split, s.index, s.num_shards).unlink(missing_ok=True)
+    final = dataset.write_metadata(out, metadata, {k: v for k, v in lengths.items() if sum(v)}, num_bytes)
     by_reason = collections.Counter(e["reason"] for e in errors)
     return {
-        "manifest_rows": result.n_data_rows, "extracted": len(ok), "failed": len(errors),
-        "failed_by_reason": dict(sorted(by_reason.items())),
-        "splits": {s: sum(r.split == s for r in ok) for s in dataset.SPLITS},
-        "popular": int(sum(ex["label"] for ex in examples)), "threshold": threshold,
-        "empty_headlines": len(result.empty_headlines), "vocabulary": len(vocab),
-        "backbone": backbone.description, "dataset": str(final.absolute())}
+        "manifest_rows": result.n_data_rows, "extracted": sum(r["examples"] for r in records),
+        "failed": len(errors), "failed_by_reason": dict(sorted(by_reason.items())),
+        "splits": {s: sum(lengths[s]) for s in dataset.SPLITS},
+        "popular": sum(r["popular"] for r in records), "threshold": metadata["threshold"],
+        "empty_headlines": len(result.empty_headlines), "vocabulary": vocabulary,
+        "backbone": metadata["backbone"], "shards": len(shards), "dataset": str(final.parent.absolute())}
+
+
+def _throughput(work: Path, nproc: int, num_frames: int) -> dict:
+    """This run's decode+encode loop over every process: videos summed, time of the slowest process."""
+    t = [json.loads((work / f"throughput-p{p:03d}.json").read_text()) for p in range(nproc)]
+    videos, seconds = sum(x["videos"] for x in t), max(x["seconds"] for x in t)
+    first = [x["first_call_seconds"] for x in t if x["first_call_seconds"] is not None]
+    steady, steady_seconds = sum(x["steady_videos"] for x in t), max(x["steady_seconds"] for x in t)
+    return {"videos_this_run": videos, "seconds": round(seconds, 2), **_rates("", videos, seconds, num_frames),
+            # The first backbone call also transforms the Winograd kernels and compiles (or loads) the
+            # program: a one-time cost, reported apart from the rate after it.
+            "first_call_seconds": round(max(first), 2) if first else None,
+            **_rates("steady_", steady, steady_seconds if steady else 0.0, num_frames),
+            "processes": nproc, "local_devices": jax.local_device_count()}
 
 
 def write_errors(path: Path, result: manifest_lib.ManifestResult, video_errors: list[dict]) -> list[dict]:
@@ -297,59 +404,126 @@ def video_error(row: manifest_lib.Row, error: VideoError) -> dict:
     return {"row": row.row, "id": row.id, "reason": error.reason, "message": str(error), "video": str(row.video)}
 
 
-# ------------------------------------------------------------------------------------------- cache
-def _write_chunk(cache: Path, pid: int, chunk: list[Featurized]) -> None:
-    k = len(list(cache.glob(f"features-p{pid:03d}-*.npz")))
-    path = cache / f"features-p{pid:03d}-{k:05d}.npz"
-    buf = io.BytesIO()
-    np.savez(buf, ids=np.array([c.row.id for c in chunk]),
-             features=np.stack([c.features for c in chunk]).astype(np.float16),
-             timestamps=np.stack([c.timestamps for c in chunk]).astype(np.float32))
-    files.write_bytes(path, buf.getvalue())
+# ------------------------------------------------------------------------------------- work directory
+def _fingerprint(rows, settings: Settings, **options) -> str:
+    """What the dataset's content depends on: the accepted rows, the settings, the backbone and word vectors."""
+    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k != "workers"}   # workers: speed only
+    content = {"format": FORMAT, "settings": kept, "options": options,
+               "rows": [[r.id, str(r.video), r.headline, r.views, r.followers, r.split] for r in rows]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _read_cache(cache: Path) -> dict:
-    out = {}
-    for path in sorted(cache.glob("features-p*.npz")):
-        with np.load(path, allow_pickle=False) as z:
-            for i, id_ in enumerate(z["ids"]):
-                out[str(id_)] = (z["features"][i], z["timestamps"][i])
-    return out
+def _join(out: Path, work: Path, fingerprint: str) -> dict:
+    """Start (or resume) a run of every process in ``out``; checks that they all see the same directory.
+
+    Process 0 writes ``work/plan.json`` with a fresh run id (first clearing a work directory and dataset
+    made for another manifest or other settings); every process then reads it back."""
+    run = {"fingerprint": fingerprint, "run": _run_id(), "processes": jax.process_count()}
+    plan = work / "plan.json"
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if (_read_json(plan) or {}).get("fingerprint") != fingerprint:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(out / dataset.NAME, ignore_errors=True)
+        files.write_json(plan, run)
+    _sync("plan")
+    seen = _read_json(plan)
+    problem = None
+    if seen is None or seen.get("run") != run["run"]:
+        problem = (f"process {jax.process_index()} cannot see {plan.absolute()} written by process 0: the output "
+                   "directory must be one directory that every process sees (a shared filesystem)")
+    elif seen["fingerprint"] != fingerprint:
+        problem = (f"process {jax.process_index()} read another manifest or other settings than process 0: every "
+                   "process must run the same command on the same manifest")
+    _agree(problem, "checking the shared output directory")
+    return run
 
 
-def _cached_ids(cache: Path) -> set:
-    ids = set()
-    for path in cache.glob("features-p*.npz"):
-        with np.load(path, allow_pickle=False) as z:
-            ids.update(str(i) for i in z["ids"])
-    return ids | {e["id"] for e in _read_errors(cache)}
+def _record_path(work: Path, shard: Shard) -> Path:
+    return work / "shards" / f"{shard.name}.json"
 
 
-def _open_errors(path: Path):
-    """Append to ``path``; a last line cut short by a kill is ended first, so the next line stays parseable."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            cut = f.read(1) != b"\n"
-    else:
-        cut = False
-    f = open(path, "a", encoding="utf-8")
-    if cut:
-        f.write("\n")
-        f.flush()
-    return f
+def _shard_record(work: Path, shard: Shard, fingerprint: str) -> dict | None:
+    """The record of a finished shard of this plan, or None."""
+    record = _read_json(_record_path(work, shard))
+    if record is None or record.get("fingerprint") != fingerprint or record.get("ids") != shard.ids:
+        return None
+    return record
 
 
-def _read_errors(cache: Path) -> list[dict]:
-    errors = []
-    for path in sorted(cache.glob("errors-p*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    errors.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut short by a kill: that video is redone
-                    continue
-    return errors
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+# ------------------------------------------------------------------------------------ across processes
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"popjax-extract-{name}")
+
+
+def _gather(values) -> np.ndarray:
+    """int32 [processes, len(values)]: every process's ``values`` (a collective)."""
+    local = np.asarray(values, np.int32)[None]
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local[0])).reshape(jax.process_count(), -1)
+
+
+def _run_id() -> str:
+    """A random id of this run, the same in every process (process 0's)."""
+    ident = np.frombuffer(os.urandom(16), np.int32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ident = np.asarray(multihost_utils.broadcast_one_to_all(ident))
+    return ident.astype(np.uint32).tobytes().hex()
+
+
+def _problem(fn) -> str | None:
+    """Run ``fn``; the message of an error that users cause (bad file, bad input), else None."""
+    try:
+        fn()
+    except (ExtractError, WeightsError, FileNotFoundError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def _agree(problem: str | None, step: str) -> None:
+    """Every process stops if any had a ``problem`` (a collective): with that message where it happened, and a
+    line naming the processes elsewhere."""
+    failed = np.flatnonzero(_gather([problem is not None])[:, 0])
+    if problem is not None:
+        raise ExtractError(problem)
+    if failed.size:
+        raise ExtractError(f"process(es) {failed.tolist()} stopped while {step}; their output says why")
+
+
+def _on_process_0(work: Path, run: dict, fn) -> dict:
+    """``fn()`` on process 0; its report (or its error) reaches every process through ``work/outcome.json``."""
+    path = work / "outcome.json"
+    if jax.process_index() == 0:
+        try:
+            report = fn()
+        except Exception as e:   # the others must not wait for an outcome that never comes
+            files.write_json(path, {"run": run["run"], "error": str(e) if isinstance(e, ExtractError)
+                                    else f"process 0 failed: {type(e).__name__}: {e}"})
+            _sync("outcome")
+            raise
+        files.write_json(path, {"run": run["run"], "report": report})
+    _sync("outcome")
+    outcome = _read_json(path) or {}
+    if outcome.get("run") != run["run"]:
+        raise ExtractError(f"process {jax.process_index()} cannot see {path.absolute()} written by process 0")
+    if "error" in outcome:
+        raise ExtractError(outcome["error"])
+    return outcome["report"]
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -357,13 +531,6 @@ def _rates(prefix: str, videos: int, seconds: float, num_frames: int) -> dict:
     ok = seconds > 0
     return {f"{prefix}videos_per_s": round(videos / seconds, 3) if ok else None,
             f"{prefix}frames_per_s": round(videos * num_frames / seconds, 2) if ok else None}
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"popjax-extract-{name}")
 
 
 def _bar(total: int, enabled: bool):

@@ -272,7 +272,10 @@ def save_backbone(out_dir, variables: Mapping, metadata: Mapping) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise WeightsError(f"{out_dir}: exists and is not empty; choose a new --out directory")
     if out_dir.exists():
-        out_dir.rmdir()
+        try:
+            out_dir.rmdir()   # empty: orbax makes it itself (several processes saving together may race here)
+        except FileNotFoundError:
+            pass
     variables = jax.tree.map(np.asarray, dict(variables))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
         ckpt.save(out_dir, ocp.args.Composite(variables=ocp.args.StandardSave(variables),

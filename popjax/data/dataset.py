@@ -10,10 +10,10 @@ Read it with ``tfds.data_source(NAME, data_dir=DIR)`` or, into numpy arrays, wit
 """
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,71 +39,68 @@ def _features_spec(num_frames: int, feature_dim: int, max_words: int):
     })
 
 
-def _builder_class():
+def features_spec(metadata: Mapping):
+    """The TFDS features of one example, for the dataset-wide ``metadata`` (N, feature size, words)."""
+    return _features_spec(metadata["num_frames"], metadata["feature_dim"], metadata["max_words"])
+
+
+def shard_path(data_dir, split: str, index: int, num_shards: int) -> Path:
+    """Where shard ``index`` of ``num_shards`` of ``split`` lives (TFDS's file naming)."""
     import tensorflow_datasets as tfds
 
-    class PopjaxFeatures(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        """Per-video ResNet50 frame features + headline tokens + popularity label (popjax extract)."""
+    template = tfds.core.ShardedFileTemplate(data_dir=dataset_dir(data_dir), dataset_name=NAME, split=split,
+                                             filetype_suffix="array_record")
+    return Path(template.sharded_filepath(shard_index=index, num_shards=num_shards))
 
-        name = NAME
-        VERSION = tfds.core.Version(VERSION)
 
-        def __init__(self, *, examples: Mapping[str, list], metadata: Mapping, **kwargs):
-            self._examples, self._metadata = examples, dict(metadata)
-            super().__init__(file_format="array_record", **kwargs)
+def write_shard(path, examples: Iterable[bytes]) -> int:
+    """Serialized examples (``features_spec(...).serialize_example``) -> one array_record shard, atomically
+    (a temporary file renamed into place); returns the bytes written."""
+    from tensorflow_datasets.core.file_adapters import ArrayRecordFileAdapter
 
-        def _info(self):
-            m = self._metadata
-            return tfds.core.DatasetInfo(
-                builder=self, description=__doc__,
-                features=_features_spec(m["num_frames"], m["feature_dim"], m["max_words"]),
-                metadata=tfds.core.MetadataDict(m))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    examples = list(examples)
+    ArrayRecordFileAdapter.write_examples(tmp, ((None, ex) for ex in examples))
+    os.replace(tmp, path)
+    return sum(len(ex) for ex in examples)
 
-        def _split_generators(self, dl_manager):
-            return {split: self._generate_examples(split) for split in SPLITS if self._examples.get(split)}
 
-        def _generate_examples(self, split):
-            for example in self._examples[split]:
-                yield example["id"], example
+def write_metadata(data_dir, metadata: Mapping, shards: Mapping[str, Sequence[int]], num_bytes: Mapping[str, int]
+                   ) -> Path:
+    """Make the shards under ``data_dir`` one TFDS dataset: ``shards[split]`` = examples per shard, in shard
+    order (``shard_path``); written once every shard is complete. Returns the dataset directory."""
+    import tensorflow_datasets as tfds
 
-        # TFDS prints "Downloading and preparing dataset ..." / "... downloaded and prepared" to stdout
-        # whatever the logging settings; popjax extract reports its own progress.
-        def _log_download_bytes(self):
-            pass
-
-        def _log_download_done(self):
-            pass
-
-    return PopjaxFeatures
+    directory = dataset_dir(data_dir)
+    splits = []
+    for split, lengths in shards.items():
+        template = tfds.core.ShardedFileTemplate(data_dir=directory, dataset_name=NAME, split=split,
+                                                 filetype_suffix="array_record")
+        splits.append(tfds.core.SplitInfo(name=split, shard_lengths=list(lengths), num_bytes=num_bytes[split],
+                                          filename_template=template))
+    tfds.folder_dataset.write_metadata(
+        data_dir=directory, features=features_spec(metadata), split_infos=splits, check_data=False,
+        description=__doc__, metadata=tfds.core.MetadataDict(metadata))
+    return directory
 
 
 def write_dataset(data_dir, examples: Iterable[Mapping], metadata: Mapping) -> Path:
-    """Write all ``examples`` (dicts with the fields above) under ``data_dir``; returns the dataset dir."""
+    """All ``examples`` (dicts with the fields above) as one shard per split under ``data_dir``, in id order;
+    returns the dataset dir."""
+    spec = features_spec(metadata)
     by_split: dict[str, list] = {s: [] for s in SPLITS}
     for ex in examples:
         by_split[ex["split"]].append(dict(ex))
-    for split in by_split.values():
-        split.sort(key=lambda ex: ex["id"])
-    builder = _builder_class()(examples=by_split, metadata=metadata, data_dir=str(data_dir))
-    with _quiet_tfds():
-        builder.download_and_prepare()
-    return Path(builder.data_dir)
-
-
-@contextlib.contextmanager
-def _quiet_tfds():
-    """No TFDS progress bars ("Generating splits", "Shuffling ...") and no INFO logs while writing."""
-    from absl import logging as absl_logging
-    from tensorflow_datasets.core.utils import tqdm_utils
-
-    active, verbosity = getattr(tqdm_utils, "_active", True), absl_logging.get_verbosity()
-    tqdm_utils.display_progress_bar(False)
-    absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))   # absl: WARNING = -1 < INFO = 0
-    try:
-        yield
-    finally:
-        tqdm_utils.display_progress_bar(active)
-        absl_logging.set_verbosity(verbosity)
+    lengths, num_bytes = {}, {}
+    for split, items in by_split.items():
+        if items:
+            items.sort(key=lambda ex: ex["id"])
+            num_bytes[split] = write_shard(shard_path(data_dir, split, 0, 1),
+                                           (spec.serialize_example(ex) for ex in items))
+            lengths[split] = [len(items)]
+    return write_metadata(data_dir, metadata, lengths, num_bytes)
 
 
 def dataset_dir(data_dir) -> Path:
