@@ -41,22 +41,26 @@ def demo_corpus(directory: Path, videos: int) -> tuple[Path, list[Path]]:
     return manifest, sorted((directory / "videos").glob("*.mp4"))
 
 
-def end_to_end(manifest: Path, args, weights: Path | None = None) -> dict:
+def end_to_end(manifest: Path, args, weights: Path | None = None, extra: list[str] = ()) -> dict:
     """``popjax extract`` (``--weights`` when given, else its random backbone) in a fresh process, into a
     fresh directory; its wall time is split into process start, setup outside the decode+encode loop
-    (weights, BN calibration, compilation, dataset assembly) and the loop."""
+    (weights, BN calibration, compilation, dataset assembly) and the loop; with the process's peak RSS."""
     out = Path(tempfile.mkdtemp(prefix="popjax-bench-extract-"))
     cmd = [sys.executable, "-m", "popjax.cli", "extract", "--manifest", str(manifest), "--out", str(out),
            "--num-frames", str(args.num_frames), "--batch-size", str(args.batch_size),
-           "--workers", str(args.workers), "--quiet"]
+           "--workers", str(args.workers), "--quiet", *extra]
     if weights is not None:
         cmd += ["--weights", str(weights)]
     try:
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise SystemExit(f"popjax extract failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        with tempfile.TemporaryFile() as log:
+            t = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)   # this child's own resource usage (peak RSS)
+            wall = time.perf_counter() - t
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                log.seek(0)
+                raise SystemExit(f"popjax extract failed ({proc.returncode}):\n{log.read()[-3000:].decode()}")
         report = json.loads((out / "report.json").read_text())
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -70,6 +74,7 @@ def end_to_end(manifest: Path, args, weights: Path | None = None) -> dict:
         "loop_s": loop["seconds"], "loop_videos_per_s": loop["videos_per_s"], "loop_frames_per_s": loop["frames_per_s"],
         "first_call_s": loop["first_call_seconds"], "steady_videos_per_s": loop["steady_videos_per_s"],
         "steady_frames_per_s": loop["steady_frames_per_s"],
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),   # Linux: KiB
     }
 
 

@@ -416,15 +416,15 @@ def _fingerprint(rows, settings: Settings, **options) -> str:
 def _join(out: Path, work: Path, fingerprint: str) -> dict:
     """Start (or resume) a run of every process in ``out``; checks that they all see the same directory.
 
-    Process 0 writes ``work/plan.json`` with a fresh run id (first clearing a work directory and dataset
-    made for another manifest or other settings); every process then reads it back."""
+    Process 0 writes ``work/plan.json`` with a fresh run id (first clearing the work directory, dataset and
+    backbone of an extraction with another manifest or other settings); every process then reads it back."""
     run = {"fingerprint": fingerprint, "run": _run_id(), "processes": jax.process_count()}
     plan = work / "plan.json"
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
         if (_read_json(plan) or {}).get("fingerprint") != fingerprint:
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(out / dataset.NAME, ignore_errors=True)
+            for made in (work, out / dataset.NAME, out / "backbone"):
+                shutil.rmtree(made, ignore_errors=True)
         files.write_json(plan, run)
     _sync("plan")
     seen = _read_json(plan)

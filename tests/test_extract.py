@@ -527,3 +527,31 @@ def test_two_processes_one_killed_then_restarted(corpus, full, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["throughput"]["videos_this_run"] == len(good - done)   # finished shards are not redone
     _assert_same_extraction(out, full["out"])
+
+
+def test_processes_that_do_not_share_the_output_directory_stop_at_once(corpus, tmp_path):
+    # As on two hosts whose --out is a local directory each: process 1 cannot see what process 0 wrote.
+    port, procs = _free_port(), []
+    for i in range(2):
+        with open(tmp_path / f"process{i}.log", "wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "popjax.cli", *_extract_args(corpus["manifest"], tmp_path / f"local{i}"),
+                 "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    assert _wait_all(procs, timeout=120) == [2, 2], _logs(tmp_path)
+    said = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert "process 1 cannot see" in said[1] and "one directory that every process sees" in said[1]
+    assert "process(es) [1] stopped" in said[0]
+    for text in said:
+        assert "Traceback" not in text
+    assert not (tmp_path / "local0" / "backbone").exists()    # stopped before any work
+
+
+def test_bad_multi_process_arguments_exit_2(corpus, tmp_path):
+    for extra, message in [(["--num-processes", "2"], "go together"),
+                           (["--coordinator-address", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+                            "--process-id must be in 0 .. 1"),
+                           (["--shard-videos", "0"], "--shard-videos must be >= 1")]:
+        proc = _cli(*_extract_args(corpus["manifest"], tmp_path / "out"), *extra)
+        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], (extra, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
