@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,8 +56,12 @@ def end_to_end(manifest: Path, args, weights: Path | None = None, extra: list[st
         with tempfile.TemporaryFile() as log:
             t = time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            trace: list[tuple[float, float]] = []
+            sampler = threading.Thread(target=_sample_rss, args=(proc.pid, t, trace), daemon=True)
+            sampler.start()
             _, status, usage = os.wait4(proc.pid, 0)   # this child's own resource usage (peak RSS)
             wall = time.perf_counter() - t
+            sampler.join()
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:
                 log.seek(0)
@@ -75,7 +80,24 @@ def end_to_end(manifest: Path, args, weights: Path | None = None, extra: list[st
         "first_call_s": loop["first_call_seconds"], "steady_videos_per_s": loop["steady_videos_per_s"],
         "steady_frames_per_s": loop["steady_frames_per_s"],
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),   # Linux: KiB
+        # RSS once start-up (weights, calibration, compilation) is long over: the second half of the run
+        "rss_max_second_half_mib": max((m for s, m in trace if s >= wall / 2), default=None),
+        "rss_trace_mib": [(round(s), m) for s, m in trace[::5]],
     }
+
+
+def _sample_rss(pid: int, t0: float, trace: list) -> None:
+    """(seconds, resident MiB) of process ``pid`` every second, until it ends (Linux /proc)."""
+    while True:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+        if kib is None:   # a zombie: ended, not yet reaped
+            return
+        trace.append((time.perf_counter() - t0, round(kib / 1024, 1)))
+        time.sleep(1.0)
 
 
 def decode_only(videos: list[Path], args) -> dict:

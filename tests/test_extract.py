@@ -12,7 +12,11 @@ then check that
 * the dataset reads back with ``tfds.data_source`` in a process where TensorFlow cannot be imported,
   with each row's split (sha256 of the id), label (above the train median of views / followers),
   features (N x 2048 float16), timestamps (``sample_frames``) and tokens (the saved vocabulary);
-* the stored features are the saved backbone's features of ``sample_frames``' frames, in float16.
+* the stored features are the saved backbone's features of ``sample_frames``' frames, in float16;
+* the command as 2 processes on loopback (``jax.distributed`` + gloo, one shared output directory) writes the
+  1-process dataset, field by field and in the same order, with the same errors.jsonl and report counts,
+  also when one process is SIGKILLed half way and both are restarted; processes that do not share the output
+  directory stop at once with one line.
 
 N = 4 frames per video (not the paper's 18) keeps the random ResNet50 on 2 CPU cores cheap; nothing
 checked here depends on N.

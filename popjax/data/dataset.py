@@ -6,7 +6,10 @@ the dataset's vocabulary), ``views``, ``followers``, ``normalized_views`` and ``
 the training split's median normalised views). Dataset-wide facts (the threshold, the backbone, N, the
 text settings) sit in the TFDS metadata; the vocabulary and its frozen word vectors beside it.
 
-Read it with ``tfds.data_source(NAME, data_dir=DIR)`` or, into numpy arrays, with ``load_split``.
+Written shard by shard (``write_shard``: any process may write any shard, each atomically) and made one
+dataset by ``write_metadata`` once all are there (``tfds.folder_dataset.write_metadata``); ``write_dataset``
+does both for examples held in memory. Read it with ``tfds.data_source(NAME, data_dir=DIR)`` or, into numpy
+arrays, with ``load_split``.
 """
 from __future__ import annotations
 
