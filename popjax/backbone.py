@@ -7,7 +7,7 @@ says so in ``description`` and ``metadata`` (every output that depends on it rec
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,18 +34,29 @@ def preprocess(frames, spec: Mapping[str, Any], image_size: int = 224):
     return (x * spec["scale"] - mean) / std
 
 
+def call_buckets(batch_size: int, multiple: int, count: int = 4) -> tuple[int, ...]:
+    """The sizes a backbone call is padded to: ``multiple`` (one frame per device), ``batch_size`` and about its
+    1/2, 1/4, ... (``count`` sizes), each rounded up to a ``multiple`` (the device count, so that every device
+    gets an equal share)."""
+    halves = {parallel.round_up(-(-batch_size // 2 ** k), multiple) for k in range(count)}
+    return tuple(sorted(halves | {min(multiple, batch_size)}))
+
+
 class Backbone:
     """ResNet50 with its variables and metadata; ``features`` is jit-compiled, batched and sharded
     over this process's devices."""
 
     def __init__(self, variables: Mapping, metadata: Mapping, *, dtype=jnp.float32, batch_size: int = 32,
-                 mesh=None):
+                 mesh=None, buckets: Sequence[int] | None = None):
         self.metadata = dict(metadata)
         self.dtype = jnp.dtype(dtype)
         self.model = ResNet50(variant=self.metadata["variant"], num_classes=self.metadata["num_classes"],
                               dtype=self.dtype)
         self.mesh = mesh if mesh is not None else parallel.local_mesh()
         self.batch_size = parallel.round_up(batch_size, self.mesh.size)
+        # The padded sizes of calls below batch_size (``()``: every call is a full batch, one program).
+        self.buckets = call_buckets(self.batch_size, self.mesh.size) if buckets is None else tuple(sorted(
+            {parallel.round_up(b, self.mesh.size) for b in buckets if 0 < b < self.batch_size} | {self.batch_size}))
         self.variables = jax.device_put(
             {"params": variables["params"], "batch_stats": variables["batch_stats"]},
             parallel.replicated(self.mesh))
@@ -88,7 +99,7 @@ class Backbone:
         variables = {"params": self.variables["params"], "batch_stats": updates["batch_stats"]}
         metadata = {**self.metadata, "source": {**self.metadata["source"], "bn_calibration_frames": len(x)}}
         return Backbone(jax.device_get(variables), metadata, dtype=self.dtype, batch_size=self.batch_size,
-                        mesh=self.mesh)
+                        mesh=self.mesh, buckets=self.buckets)
 
     # ------------------------------------------------------------------------------------------- use
     @property
@@ -115,7 +126,12 @@ class Backbone:
         return self.model.apply(variables, self.preprocess(frames))["features"]
 
     def features(self, frames) -> np.ndarray:
-        """uint8 RGB frames [N, H, W, 3] (any H, W) -> float32 [N, 2048], in batches of ``batch_size``."""
+        """uint8 RGB frames [N, H, W, 3] (any H, W) -> float32 [N, 2048], in batches of ``batch_size``.
+
+        A call, or the last part of one, smaller than ``batch_size`` is padded to the smallest of ``buckets``
+        that holds it (by default ``call_buckets``: the batch size, about its half, quarter and eighth, and the
+        device count), not to the whole batch. Each bucket size, and each frame size, compiles once per
+        process on first use (the persistent compilation cache keeps the programs between runs)."""
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
@@ -124,7 +140,8 @@ class Backbone:
         sharding = parallel.batch_sharding(self.mesh)
         outputs = []
         for start in range(0, len(frames), self.batch_size):
-            chunk = parallel.pad_batch(frames[start:start + self.batch_size], self.batch_size)
+            chunk = frames[start:start + self.batch_size]
+            chunk = parallel.pad_batch(chunk, next(b for b in self.buckets if b >= len(chunk)))
             outputs.append(self._features(self.inference_variables, jax.device_put(chunk, sharding)))
         if not outputs:
             return np.zeros((0, 2048), np.float32)

@@ -247,7 +247,8 @@ def extract(manifest_path, out, *, weights=None, batch_size: int = 32, glove: st
     work = out / "work"
     run = _join(out, work, _fingerprint(rows, settings, weights=weights, seed=seed, dtype=dtype, glove=glove))
     try:
-        backbone = prepare_backbone(out, rows, weights, seed, settings, dtype=dtype,
+        # every call a full batch of whole videos (buckets=()): one compiled program
+        backbone = prepare_backbone(out, rows, weights, seed, settings, dtype=dtype, buckets=(),
                                     batch_size=frames_per_call(batch_size, settings.num_frames))
     except _NoVideo as e:
         if pid == 0:

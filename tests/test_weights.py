@@ -213,3 +213,23 @@ def test_random_backbone_says_so():
     b = Backbone.random(3)
     assert "NOT ImageNet-pretrained" in b.description and b.metadata["pretrained"] is False
     assert jax.tree.leaves(b.variables)[0].dtype == np.float32
+
+
+def test_small_calls_are_padded_to_a_bucket_not_to_the_batch():
+    b = Backbone.random(3)                                      # the default batch of 32 frames
+    full = Backbone(jax.device_get(b.variables), b.metadata, buckets=())   # every call padded to 32
+    assert full.buckets == (b.batch_size,)
+    assert b.buckets[-1] == b.batch_size and all(s % b.mesh.size == 0 for s in b.buckets)
+    sizes = []
+    compiled = b._features
+    b._features = lambda variables, x: sizes.append(x.shape[0]) or compiled(variables, x)
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 16, b.batch_size + 5):
+        frames = rng.integers(0, 256, (n, 64, 48, 3), np.uint8)
+        sizes.clear()
+        got = b.features(frames)
+        tail = n % b.batch_size or b.batch_size
+        want_sizes = [b.batch_size] * (n // b.batch_size if tail != b.batch_size else n // b.batch_size - 1)
+        assert sizes == want_sizes + [min(s for s in b.buckets if s >= tail)], n
+        assert got.shape == (n, 2048) and got.dtype == np.float32
+        np.testing.assert_allclose(got, full.features(frames), rtol=1e-5, atol=1e-5 * np.abs(got).max())
