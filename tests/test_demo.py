@@ -2,7 +2,7 @@
 
 ``python train.py`` runs in a subprocess exactly as a user runs it (one JAX CPU device per core), on a
 40-video demo corpus with one search trial, one seed and a few epochs: every stage must run and write its
-files; the numbers are not checked here (the default-size demo's are in the issue notes and RESULTS.md).
+files; the numbers are not checked here (the default-size demo's are in benchmarks/RESULTS.md).
 Then ``popjax explain`` (a fresh process, every local device) on a test row must reproduce the demo's own
 explanation of that row, and the in-process ``Explainer`` on one device must agree with both: the frames
 split over the devices change nothing but the speed.

@@ -22,8 +22,8 @@ def one_hot(i, j, k=K):
 
 def stem_and_shortcuts(img):
     """ResNet50's spatial geometry without random weights: the 7x7/2 stem conv (pad 3, all-ones kernel),
-    the 3x3/2 max-pool (pad 1) and the three strided 1x1 shortcuts (what a zero-residual ResNet computes,
-    PROBES.md). 224 -> 7; each cell sees the 11x11 patch centred on pixel (32 i, 32 j)."""
+    the 3x3/2 max-pool (pad 1) and the three strided 1x1 shortcuts (what a ResNet with zero residual
+    branches computes). 224 -> 7; each cell sees the 11x11 patch centred on pixel (32 i, 32 j)."""
     x = sliding_window_view(np.pad(img, 3), (7, 7))[::2, ::2].sum((-2, -1))
     x = sliding_window_view(np.pad(x, 1, constant_values=-np.inf), (3, 3))[::2, ::2].max((-2, -1))
     return x[::8, ::8]
@@ -83,7 +83,7 @@ def test_alignment_through_the_network_geometry_and_why_a_plain_resize_is_wrong(
         y, x = np.unravel_index(np.argmax(render.upsample_heatmap(heat, S)), (S, S))
         assert (x, y) == (32 * j, 32 * i)  # lands on the object
         assert render.heatmap_argmax_xy(heat, S) == (32.0 * j, 32.0 * i)
-        # an image resize puts cell centres at 32 i + 16: half a cell off (PROBES.md)
+        # an image resize puts cell centres at 32 i + 16: half a cell off
         naive = np.asarray(Image.fromarray(heat.astype(np.float32)).resize((S, S), Image.BILINEAR))
         ny, nx = np.unravel_index(np.argmax(naive), naive.shape)
         assert abs(ny - 32 * i) >= 14 and (j == 0 or abs(nx - 32 * j) >= 14)  # (cell 0 is a plateau at 0..16)

@@ -1,6 +1,6 @@
 """Explanations of a trained model for one video + headline (``popjax explain``).
 
-``explanation.json`` (DESIGN.md): ``score`` = P(popular); per frame its timestamp, attention alpha_i and
+``explanation.json``: ``score`` = P(popular); per frame its timestamp, attention alpha_i and
 K x K Grad-CAM heatmap after attention scaling; per word its weight (beta_t, or gradient x input for the
 last-state baseline); and how the backbone was initialised. ``figure.png`` and ``headline.html`` draw it.
 """

@@ -1,6 +1,6 @@
 """Rendering of explanations (paper Fig. 1 and Sec. 2, "Visualizations"): pure numpy + Pillow + matplotlib.
 
-Input is a dict in the ``explanation.json`` shape (DESIGN.md)::
+Input is a dict in the ``explanation.json`` shape::
 
     {"score": P(popular), "frames": [{"timestamp", "attention", "heatmap": K x K in [0, 1] *after*
      attention scaling, "no_positive_evidence"?}], "words": [{"word", "weight"}], "backbone": str,
@@ -10,8 +10,8 @@ plus the uint8 RGB frames [N, S, S, 3] the model saw. Nothing here computes an e
 
 Geometry. ResNet50's last-conv cell (i, j) of a K x K map is centred on input pixel (32 i, 32 j) for
 224-pixel inputs (stride 32; receptive-field centre at 32 i, not 32 i + 16). A plain image resize puts
-cell centres at 32 i + 16 and shifts the map by half a cell (PROBES.md: pointing fell from 1.00 to
-0.63-0.69), so :func:`upsample_heatmap` maps output pixel y to cell coordinate y / stride with
+cell centres at 32 i + 16 and shifts the map by half a cell (the pointing game then misses boxes it
+should hit), so :func:`upsample_heatmap` maps output pixel y to cell coordinate y / stride with
 stride = size / K and interpolates bilinearly, clamping at the borders.
 
 Colours. Heatmaps are drawn on one fixed [0, 1] scale, never re-normalised per frame: "we use those
