@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -114,3 +115,10 @@ def load_config(name: str, features, **overrides):
             node = node[p]
         node[leaf] = value
     return config
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a test's jax.distributed coordinator."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

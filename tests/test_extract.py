@@ -42,6 +42,7 @@ from popjax.data import dataset
 from popjax.data.demo import write_corpus
 from popjax.data.manifest import SPLITS, assign_split
 from popjax.data.video import ffmpeg_exe, sample_frames
+from synthetic import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 4
@@ -424,16 +425,8 @@ def test_features_are_the_saved_backbone_on_sampled_frames(corpus, full):
 # ``popjax extract`` as 2 processes on loopback (jax.distributed + gloo), one shared output directory, as on two
 # hosts. Each process has the same local devices as the 1-process run (one CPU device per core), so every
 # backbone call runs the same program and the features can be compared to the 1-process dataset.
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_two(manifest: Path, out: Path, logs: Path) -> list[subprocess.Popen]:
-    port, procs = _free_port(), []
+    port, procs = free_port(), []
     for i in range(2):   # the same command in both, but for --process-id
         with open(logs / f"process{i}.log", "ab") as log:
             procs.append(subprocess.Popen(
@@ -535,7 +528,7 @@ def test_two_processes_one_killed_then_restarted(corpus, full, tmp_path):
 
 def test_processes_that_do_not_share_the_output_directory_stop_at_once(corpus, tmp_path):
     # As on two hosts whose --out is a local directory each: process 1 cannot see what process 0 wrote.
-    port, procs = _free_port(), []
+    port, procs = free_port(), []
     for i in range(2):
         with open(tmp_path / f"process{i}.log", "wb") as log:
             procs.append(subprocess.Popen(

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import pytest
 import scipy.stats
 
 from popjax import experiment, metrics, search, training
-from synthetic import REPO, SMALL, load_config, write_features
+from synthetic import REPO, SMALL, free_port, load_config, write_features
 
 TIMEOUT = 240
 # Metrics that must agree between runs (``seconds`` and the device/process counts may not).
@@ -123,12 +122,6 @@ def assert_metrics_equal(got: dict, want: dict, rel: float = 0.0):
 
     for key in COMPARED:
         walk(got[key], want[key], key)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------- fixtures
