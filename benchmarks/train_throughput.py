@@ -8,7 +8,8 @@ latency, and a biLSTM micro-benchmark of ways to run the recurrence. Synthetic d
                    default 3 seeds in full runs), parameters replicated and the batch split over the ``data``
                    mesh of all devices (``train.py`` calls ``parallel.use_all_cpu_cores()``: one CPU device per
                    core), the batch already on the devices;
-   - ``fit_host``: the same plus fit's per-step host batch assembly (``training.global_batch``);
+   - ``fit_host``: the same plus a per-step batch gathered on the host and laid out over the mesh (``host_batch``;
+                   ``fit`` itself gathers on the devices: ``benchmarks/fit_steps.py``);
    - ``vmap1``:    ``jax.jit(jax.vmap(step))`` of 1 trial on one device;
    - ``plain``:    ``jax.jit(step)`` (no vmap) on one device.
    The popjax variants of a model and its PyTorch peers are timed in the same interleaved rounds (A B C A B C ...),
@@ -142,7 +143,7 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
     one = parallel.data_mesh(jax.devices()[:1])
     full = parallel.data_mesh()
     idx, w = next(training.batch_indices(len(arrays["label"]), BATCH))
-    sample = training.global_batch(arrays, idx, w, one)
+    sample = host_batch(arrays, idx, w, one)
     frozen = frozen_collection(program.model(), sample, data["table"])
     all_hps = [{**HP, "seed": s} for s in range(max(trials))]
     # eagerly, one by one, as fit does; kept on the host and placed afresh for each variant (steps donate it)
@@ -150,7 +151,7 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
     for variant in variants:
         for n_trials in (trials if variant in ("fit", "fit_host") else (1,)):
             mesh = full if variant in ("fit", "fit_host") else one
-            batch = training.global_batch(arrays, idx, w, mesh)
+            batch = host_batch(arrays, idx, w, mesh)
             frozen_d = jax.device_put(frozen, parallel.replicated(mesh))
             hps, states = all_hps[:n_trials], all_states[:n_trials]
             t0 = time.perf_counter()
@@ -193,11 +194,19 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
     return rows + [row for row, _ in peers]
 
 
+def host_batch(arrays, idx, weights, mesh) -> dict:
+    """Rows ``idx`` of the host ``arrays`` (features cast to float32), split over ``mesh``'s ``data`` axis."""
+    import jax
+
+    from popjax import parallel, training
+
+    return parallel.put(jax.tree.map(np.asarray, training.take_batch(arrays, idx, weights)),
+                        parallel.batch_sharding(mesh))
+
+
 def make_step(fn, state, batch, hp, frozen, host_arrays, mesh):
     """One train step per call (the state carried along); with ``host_arrays`` each call first gathers a
-    random batch on the host and lays it out over ``mesh`` as ``training.fit`` does."""
-    from popjax import training
-
+    random batch on the host and lays it out over ``mesh``."""
     holder = {"state": state}
     order = np.random.default_rng(0)
 
@@ -205,7 +214,7 @@ def make_step(fn, state, batch, hp, frozen, host_arrays, mesh):
         b = batch
         if host_arrays is not None:
             i = order.integers(0, len(host_arrays["label"]), BATCH)
-            b = training.global_batch(host_arrays, i, np.ones(BATCH, np.float32), mesh)
+            b = host_batch(host_arrays, i, np.ones(BATCH, np.float32), mesh)
         holder["state"], loss = fn(holder["state"], b, hp, frozen)
         return loss
 

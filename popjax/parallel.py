@@ -75,6 +75,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def put(tree, sharding: NamedSharding):
+    """Host arrays (numpy, or anything ``np.asarray`` takes) onto ``sharding``; every process passes the same
+    values and builds the shards of its own devices (no cross-process check, unlike ``jax.device_put``)."""
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(one, tree)
+
+
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 

@@ -1,7 +1,13 @@
 """Training and evaluation of the popularity models (paper Sec. 2-3).
 
-Two-class cross-entropy, optax AdamW with warm-up + cosine decay, jit-compiled steps, data-parallel over a
-``jax.sharding.Mesh`` of every device of every process (batch split on ``data``, parameters replicated).
+Two-class cross-entropy, optax AdamW with warm-up + cosine decay, data-parallel over a ``jax.sharding.Mesh``
+of every device of every process (batch split on ``data``, parameters replicated).
+
+The data stays on the devices: each split's arrays (float16 features, tokens, labels) are placed on every
+device once per ``fit``, and an epoch is one jitted ``lax.scan`` over its steps that receives only the
+epoch's [steps, batch] indices and gathers and casts each batch inside the step, so host work per step does
+not grow with the batch (or exist at all). The tables must fit in one device's memory (the paper's 37k videos
+x 18 x 2048 float16 features are 2.7 GB).
 
 Several *trials* (hyperparameter settings and seeds that share parameter shapes) train together: their
 states are stacked on a leading axis and the steps are ``jax.vmap``-ed over it, so a random search or a
@@ -25,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from popjax import metrics, parallel
 from popjax.models import build_model
@@ -67,18 +74,33 @@ def batch_indices(n: int, batch_size: int, shuffle_seed: int | None = None, epoc
         yield np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)]), weights
 
 
-def global_batch(arrays: Mapping[str, np.ndarray], idx, weights, mesh) -> dict[str, jax.Array]:
-    """Gather a batch on the host and lay it out over the mesh's ``data`` axis.
+def epoch_indices(n: int, batch_size: int, mesh, shuffle_seed: int | None = None, epoch: int = 0):
+    """All of an epoch's ``batch_indices`` as two [steps, batch_size] arrays (int32 indices, float32 weights),
+    each step's batch split over the mesh's ``data`` axis: the only data a training epoch sends to the devices."""
+    idx, weights = (np.stack(a) for a in zip(*batch_indices(n, batch_size, shuffle_seed, epoch)))
+    return step_indices(idx.astype(np.int32), weights, mesh)
 
-    Every process holds the whole (small) features table and builds only the shards of its own devices,
-    so one code path serves one device, many devices and many hosts.
-    """
-    sharding = parallel.batch_sharding(mesh)
-    host = {k: np.asarray(v[idx]) for k, v in arrays.items()}
-    if "features" in host:
-        host["features"] = host["features"].astype(np.float32)
-    host["weight"] = weights
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i]) for k, v in host.items()}
+
+def step_indices(idx: np.ndarray, weights: np.ndarray, mesh):
+    """(indices, weights) [..., batch] onto ``mesh``, the batch axis split over ``data`` (each process builds the
+    shards of its own devices, from the same values on every process)."""
+    return parallel.put((idx, weights), NamedSharding(mesh, P(*([None] * (idx.ndim - 1)), parallel.DATA)))
+
+
+def device_tables(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """A split's arrays (features kept float16) on every device of ``mesh``, once per ``fit``: each step then
+    gathers its batch on the devices (``take_batch``), and the host sends nothing but indices."""
+    return parallel.put(dict(arrays), parallel.replicated(mesh))
+
+
+def take_batch(tables: Mapping[str, jax.Array], idx, weights) -> dict[str, jax.Array]:
+    """The batch of rows ``idx`` of ``tables`` (features cast to float32) with its ``weight``s; inside a jitted
+    step, rows gathered from replicated tables by batch-split indices stay on the device that uses them."""
+    batch = {k: jnp.take(v, idx, axis=0) for k, v in tables.items()}
+    if "features" in batch:
+        batch["features"] = batch["features"].astype(jnp.float32)
+    batch["weight"] = weights
+    return batch
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -208,31 +230,49 @@ class FitResult:
         return {"params": take(self.params), "batch_stats": take(self.batch_stats)}
 
 
-def predict_split(program: Program, params, batch_stats, arrays, frozen, mesh, batch_size: int) -> np.ndarray:
-    """P(popular) of every video of a split for every stacked trial: [T, n]."""
-    fn = _jitted(program, "predict", mesh)
-    n = len(arrays["label"])
-    out = []
-    for idx, weights in batch_indices(n, batch_size):
-        batch = global_batch(arrays, idx, weights, mesh)
-        out.append(_host_copy(fn(params, batch_stats, batch, frozen))[:, :int(weights.sum())])
-    return np.concatenate(out, axis=1) if out else np.zeros((jax.tree.leaves(params)[0].shape[0], 0))
+def predict_split(program: Program, params, batch_stats, tables, n: int, frozen, mesh, batch_size: int) -> np.ndarray:
+    """P(popular) of the ``n`` videos of a split (its ``device_tables``) for every stacked trial: [T, n], all of
+    the split's batches in one call."""
+    num_trials = jax.tree.leaves(params)[0].shape[0]
+    if n == 0:
+        return np.zeros((num_trials, 0))
+    idx, weights = epoch_indices(n, batch_size, mesh)
+    p = _host_copy(_jitted(program, "predict", mesh)(params, batch_stats, tables, idx, weights, frozen))  # [S, T, B]
+    return np.moveaxis(p, 0, 1).reshape(num_trials, -1)[:, :n]
 
 
 _JIT_CACHE: dict = {}
 
 
 def _jitted(program: Program, name: str, mesh) -> Callable:
-    """jit(vmap(step)) over stacked trials, cached per program; outputs replicated over ``mesh``."""
+    """The compiled epoch functions of a program, cached per program and mesh; outputs replicated over ``mesh``.
+
+    ``train_epoch(state, tables, idx, weights, hp, frozen)``: a ``lax.scan`` of ``jit(vmap(train_step))`` over
+    the epoch's [steps, batch] indices, each step gathering its batch from the device-resident tables
+    (one dispatch per epoch; the host does no per-step work). ``predict(params, batch_stats, tables, idx,
+    weights, frozen)``: P(popular) [steps, T, batch] of the stacked trials.
+    """
     key = (name, json.dumps(program.static, sort_keys=True), program.vocab_size, program.word_dim,
            program.total_steps, program.warmup_steps, program.freeze, mesh)
     if key not in _JIT_CACHE:
-        out = parallel.replicated(mesh)
-        if name == "train_step":
-            fn = jax.jit(jax.vmap(program.train_step, in_axes=(0, None, 0, None)), donate_argnums=(0,),
-                         out_shardings=out)
+        out, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+        step = jax.vmap(program.train_step, in_axes=(0, None, 0, None))
+        predict = jax.vmap(program.predict, in_axes=(0, 0, None, None))
+
+        def batch_at(tables, idx, weights):
+            return jax.lax.with_sharding_constraint(take_batch(tables, idx, weights), split)
+
+        if name == "train_epoch":
+            def train_epoch(state, tables, idx, weights, hp, frozen):
+                return jax.lax.scan(lambda st, xs: step(st, batch_at(tables, *xs), hp, frozen), state, (idx, weights))
+
+            fn = jax.jit(train_epoch, donate_argnums=(0,), out_shardings=out)
         else:
-            fn = jax.jit(jax.vmap(program.predict, in_axes=(0, 0, None, None)), out_shardings=out)
+            def predict_all(params, batch_stats, tables, idx, weights, frozen):
+                return jax.lax.map(lambda xs: predict(params, batch_stats, batch_at(tables, *xs), frozen),
+                                   (idx, weights))
+
+            fn = jax.jit(predict_all, out_shardings=out)
         _JIT_CACHE[key] = fn
     return _JIT_CACHE[key]
 
@@ -261,8 +301,12 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     program = Program(dict(static), vocab_size, word_dim, total_steps=steps_per_epoch * num_epochs,
                       warmup_steps=int(train_cfg.get("warmup_epochs", 1) * steps_per_epoch), freeze=tuple(freeze))
     hp = {k: np.asarray([float(t[k]) if k != "seed" else int(t[k]) for t in trials]) for k in TRACED_KEYS}
-    frozen = jax.device_put(dict(frozen), parallel.replicated(mesh))
-    sample = global_batch(data["train"], *next(batch_indices(min(n_train, bs), bs)), mesh)
+    sample = jax.tree.map(np.asarray, take_batch(data["train"], *next(batch_indices(min(n_train, bs), bs))))
+    # Everything the epochs read goes to the devices once: the splits' tables, the frozen arrays, the trials'
+    # hyperparameters (the state too, below).
+    frozen, hp_d, sample = parallel.put((dict(frozen), hp, sample), parallel.replicated(mesh))
+    tables = {split: device_tables(data[split], mesh) for split in ("train", "val", "test") if split in data}
+    size = {split: len(data[split]["label"]) for split in tables}
 
     # Trials are initialised one by one, eagerly: the LSTM's orthogonal init runs LAPACK QR kernels that,
     # batched by vmap (or run side by side inside one jit program), can wait on each other for the two
@@ -286,17 +330,16 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
             state, best = restored_train["state"], restored_train["best"]
             tracker = dict(restored["tracker"])
 
-    train_step = _jitted(program, "train_step", mesh)
+    train_epoch = _jitted(program, "train_epoch", mesh)
     patience = int(train_cfg.get("patience", num_epochs))
     bar = _progress(num_epochs, tracker["epoch"], progress)
     try:
         while tracker["epoch"] < num_epochs and tracker["since_best"] < patience:
             epoch = tracker["epoch"]
-            losses = []
-            for idx, weights in batch_indices(n_train, bs, train_cfg.get("data_seed", 0), epoch):
-                state, loss = train_step(state, global_batch(data["train"], idx, weights, mesh), hp, frozen)
-                losses.append(loss)
-            p_val = predict_split(program, state.params, state.batch_stats, data["val"], frozen, mesh, bs)
+            idx, weights = epoch_indices(n_train, bs, mesh, train_cfg.get("data_seed", 0), epoch)
+            state, losses = train_epoch(state, tables["train"], idx, weights, hp_d, frozen)   # losses [steps, T]
+            p_val = predict_split(program, state.params, state.batch_stats, tables["val"], size["val"], frozen, mesh,
+                                  bs)
             val = [metrics.evaluate(p, data["val"]["label"], data["val"]["normalized_views"]) for p in p_val]
             improved = np.array([list(metrics.selection_key(m)) > list(k) for m, k in zip(val, tracker["best_key"])])
             best = jax.tree.map(lambda b, s: jnp.where(improved.reshape((-1,) + (1,) * (s.ndim - 1)), s, b),
@@ -306,7 +349,7 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
                     list(metrics.selection_key(val[t])), epoch + 1, val[t])
             tracker["since_best"] = 0 if improved.any() else tracker["since_best"] + 1
             record = {"epoch": epoch + 1, "step": int(state.step[0]),
-                      "train_loss": [float(x) for x in np.mean(np.stack(_host_copy(losses)), axis=0)],
+                      "train_loss": [float(x) for x in np.mean(_host_copy(losses), axis=0)],
                       "val_accuracy": [m["accuracy"] for m in val], "val_spearman": [m["spearman"] for m in val]}
             tracker["history"].append(record)
             tracker["epoch"] = epoch + 1
@@ -325,8 +368,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
             latest.wait_until_finished()
             latest.close()
 
-    p_test = predict_split(program, best["params"], best["batch_stats"], data["test"], frozen, mesh, bs) \
-        if len(data.get("test", {}).get("label", [])) else [None] * T
+    p_test = predict_split(program, best["params"], best["batch_stats"], tables["test"], size["test"], frozen, mesh,
+                           bs) if size.get("test") else [None] * T
     test = [metrics.evaluate(p, data["test"]["label"], data["test"]["normalized_views"]) if p is not None else None
             for p in p_test]
     val = [v if v is not None else {"accuracy": math.nan, "spearman": math.nan, "n": 0} for v in tracker["val"]]
