@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from popjax import parallel
-from popjax.models.resnet import ResNet50, winograd_kernels
+from popjax.models.resnet import ResNet50, cpu_kernels, winograd_kernels
 from popjax.weights import FORMAT_VERSION, PREPROCESSING, load_backbone
 
 
@@ -44,14 +44,20 @@ def call_buckets(batch_size: int, multiple: int, count: int = 4) -> tuple[int, .
 
 class Backbone:
     """ResNet50 with its variables and metadata; ``features`` is jit-compiled, batched and sharded
-    over this process's devices."""
+    over this process's devices.
+
+    ``dtype``: float32 (true float32 on every platform) or bfloat16 (the fast path). ``kernels``: the
+    convolution forms (``popjax.models.resnet.KERNELS``; ``"auto"``: rewritten for XLA:CPU on the CPU only).
+    """
 
     def __init__(self, variables: Mapping, metadata: Mapping, *, dtype=jnp.float32, batch_size: int = 32,
-                 mesh=None, buckets: Sequence[int] | None = None):
+                 mesh=None, buckets: Sequence[int] | None = None, kernels: str = "auto"):
         self.metadata = dict(metadata)
         self.dtype = jnp.dtype(dtype)
+        cpu_kernels(kernels)   # a bad value fails here, not at the first call
+        self.kernels = kernels
         self.model = ResNet50(variant=self.metadata["variant"], num_classes=self.metadata["num_classes"],
-                              dtype=self.dtype)
+                              dtype=self.dtype, kernels=kernels)
         self.mesh = mesh if mesh is not None else parallel.local_mesh()
         self.batch_size = parallel.round_up(batch_size, self.mesh.size)
         # The padded sizes of calls below batch_size (``()``: every call is a full batch, one program).
@@ -100,7 +106,7 @@ class Backbone:
         variables = {"params": self.variables["params"], "batch_stats": updates["batch_stats"]}
         metadata = {**self.metadata, "source": {**self.metadata["source"], "bn_calibration_frames": len(x)}}
         return Backbone(jax.device_get(variables), metadata, dtype=self.dtype, batch_size=self.batch_size,
-                        mesh=self.mesh, buckets=self.buckets)
+                        mesh=self.mesh, buckets=self.buckets, kernels=self.kernels)
 
     # ------------------------------------------------------------------------------------------- use
     @property

@@ -1,13 +1,17 @@
 """Process-wide settings of popjax's entry points (``train.py`` and the ``popjax`` command).
 
-Call ``configure()`` first thing, before JAX starts its backends and threads: one CPU device per core
-(``parallel.use_all_cpu_cores``), a persistent compilation cache and, for the ``popjax`` command (ResNet50
-work), freed host memory kept for reuse (``retain_freed_memory``).
+Call ``configure()`` first thing, before JAX starts its backends and threads: a persistent compilation
+cache and, when JAX will run on the CPU (``runs_on_cpu``), the CPU's own settings: one CPU device per core
+(``parallel.use_all_cpu_cores``) and, for the ``popjax`` command (ResNet50 work), freed host memory kept for
+reuse (``retain_freed_memory``). On a GPU or TPU host neither applies.
 """
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 from pathlib import Path
 
 import jax
@@ -15,10 +19,38 @@ import jax
 from popjax import parallel
 
 
-def configure(retain_memory: bool = False) -> None:
-    retain_freed_memory(default=retain_memory)
-    parallel.use_all_cpu_cores()
-    enable_compilation_cache()
+def configure(retain_memory: bool = False) -> dict:
+    """Apply the settings above; returns what applied: ``{"cpu": bool, "retained_memory": bool, "cache": dir}``."""
+    cpu = runs_on_cpu()
+    retained = cpu and retain_freed_memory(default=retain_memory)
+    if cpu:
+        parallel.use_all_cpu_cores()
+    return {"cpu": cpu, "retained_memory": retained, "cache": enable_compilation_cache()}
+
+
+def runs_on_cpu() -> bool:
+    """Whether JAX will run on the CPU, decided before its backends start (which fixes the CPU device count):
+    the first of ``JAX_PLATFORMS`` (``jax_platforms``) when set, else whether no accelerator plugin (CUDA, ROCm,
+    TPU) is installed. A host with a plugin but no usable accelerator falls back to JAX's CPU defaults."""
+    platforms = jax.config.jax_platforms
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not accelerator_plugins()
+
+
+def accelerator_plugins() -> list[str]:
+    """The JAX accelerator plugins installed (as JAX discovers them: ``jax_plugins`` entry points and
+    namespace modules), and ``libtpu``."""
+    names = [ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")]
+    try:
+        import jax_plugins
+
+        names += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+    except ImportError:
+        pass
+    if importlib.util.find_spec("libtpu") is not None:
+        names.append("libtpu")
+    return sorted(set(names))
 
 
 # glibc's mallopt parameters

@@ -78,3 +78,16 @@ def test_retaining_memory_follows_the_entry_point_and_the_environment():
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=run_env, capture_output=True, text=True,
                              check=True, timeout=120).stdout.split()
         assert " ".join(out) == expected, (value, out)
+
+
+def test_cpu_settings_apply_only_when_jax_runs_on_the_cpu():
+    """On a GPU/TPU host (here: JAX told to use CUDA; its backends are never started) configure() leaves the CPU
+    device count and the allocator alone; on the CPU it applies both."""
+    code = ("from popjax import runtime; import jax; s = runtime.configure(retain_memory=True); "
+            "print(s['cpu'], s['retained_memory'], jax.config.jax_num_cpu_devices)")
+    base = {k: v for k, v in os.environ.items() if k not in ("POPJAX_RETAIN_MEMORY", "XLA_FLAGS")}
+    for platforms, want in (("cuda", ["False", "False", "-1"]), ("cpu", ["True", "True", str(os.cpu_count())])):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**base, "JAX_PLATFORMS": platforms},
+                              capture_output=True, text=True, check=False, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split() == want, (platforms, proc.stdout)

@@ -233,3 +233,26 @@ def test_small_calls_are_padded_to_a_bucket_not_to_the_batch():
         assert sizes == want_sizes + [min(s for s in b.buckets if s >= tail)], n
         assert got.shape == (n, 2048) and got.dtype == np.float32
         np.testing.assert_allclose(got, full.features(frames), rtol=1e-5, atol=1e-5 * np.abs(got).max())
+
+
+@pytest.mark.parametrize("case", ["keras_case", "torch_case"])
+def test_accelerator_code_path_equals_the_cpu_path(case, images, request):
+    """The convolutions a GPU or TPU runs (``kernels="xla"``: XLA's own, no CPU rewrites) give the CPU path's
+    features in float32, for both variants (Keras v1, torchvision v1.5), and both match the reference."""
+    c = request.getfixturevalue(case)
+    fmt, src = ("keras", c["full"]) if case == "keras_case" else ("torchvision", c["tmp"] / "resnet50.safetensors")
+    out = c["tmp"] / "converted_kernels"
+    convert(fmt, src, out)
+    backbones = {k: Backbone.load(out, kernels=k, batch_size=2) for k in ("cpu", "xla")}
+    convs = {k: str(jax.make_jaxpr(b._forward)(b.inference_variables, images[:1])).count("conv_general_dilated")
+             for k, b in backbones.items()}
+    assert convs["xla"] == 53 > convs["cpu"], convs       # every ResNet50 layer is XLA's own convolution
+    cpu, xla = (backbones[k].features(images) for k in ("cpu", "xla"))
+    assert rel_err(xla, cpu, f"{fmt} kernels xla vs cpu") < 1e-5
+    assert rel_err(xla, c["features"], f"{fmt} kernels xla vs reference") < RTOL
+
+
+def test_unknown_kernels_fail_at_construction():
+    b = Backbone.random(0)
+    with pytest.raises(ValueError, match="kernels = 'gpu'"):
+        Backbone(jax.device_get(b.variables), b.metadata, kernels="gpu")

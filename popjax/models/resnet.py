@@ -14,7 +14,10 @@ Parameter names follow the Keras applications layers (``conv2_block1/conv1`` is 
 
 On the CPU the convolutions are computed in the forms XLA:CPU runs fastest (``Conv``, ``PointwiseConv``;
 same parameters and results as ``nn.Conv``); ``winograd_kernels`` precomputes the Winograd layers' kernel
-transforms as an optional ``winograd`` variable collection for inference.
+transforms as an optional ``winograd`` variable collection for inference. On a GPU or TPU every layer is
+XLA's own (cuDNN on NVIDIA GPUs); ``ResNet(kernels="xla")`` forces that path anywhere (``"cpu"``: the rewrites
+anywhere). Precision: ``dtype=float32`` computes in true float32 on every platform (``Precision.HIGHEST``:
+no TF32 on GPUs, no bf16 passes on TPUs); ``bfloat16`` is the fast path (float32 accumulation).
 """
 from __future__ import annotations
 
@@ -48,15 +51,20 @@ class PointwiseConv(nn.Module):
     kernel_init: Any = he_normal
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
-        x = x[:, ::self.strides[0], ::self.strides[1]].astype(self.dtype)
-        # float32 accumulation whatever dtype is: XLA:CPU runs a bfloat16 dot with a float32 result on the
-        # CPU's bf16 dot-product instructions (2x float32), and a bfloat16-result dot in float32.
-        y = jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0].astype(self.dtype),
-                       preferred_element_type=jnp.float32).astype(self.dtype)
+        x = x.astype(self.dtype)
+        if not cpu_kernels(self.kernels):
+            y = xla_conv(x, kernel.astype(self.dtype), self.strides, ((0, 0), (0, 0)))
+        else:
+            # float32 accumulation whatever dtype is: XLA:CPU runs a bfloat16 dot with a float32 result on the
+            # CPU's bf16 dot-product instructions (2x float32), and a bfloat16-result dot in float32.
+            y = jnp.einsum("bhwc,cf->bhwf", x[:, ::self.strides[0], ::self.strides[1]],
+                           kernel[0, 0].astype(self.dtype), preferred_element_type=jnp.float32,
+                           precision=precision(self.dtype)).astype(self.dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
         return y
@@ -69,7 +77,7 @@ def shifted_conv(x, kernel, strides):
     sh, sw = strides
     out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
     return sum(jnp.einsum("bhwc,cf->bhwf", x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw],
-                          kernel[i, j], preferred_element_type=jnp.float32)
+                          kernel[i, j], preferred_element_type=jnp.float32, precision=precision(x.dtype))
                for i in range(kh) for j in range(kw))
 
 
@@ -122,25 +130,41 @@ def winograd_conv3x3(x, u, tile: int):
     r = jnp.stack(_combine(bt, [xp[:, i:i + tile * (th - 1) + 1:tile] for i in range(n)]))          # B^T d
     v = jnp.stack(_combine(bt, [r[:, :, :, j:j + tile * (tw - 1) + 1:tile] for j in range(n)]), 1)  # (B^T d) B
     m = jnp.einsum("nbhwc,ncf->nbhwf", v.reshape(n * n, b, th, tw, -1).astype(u.dtype), u,
-                   preferred_element_type=jnp.float32).reshape(n, n, b, th, tw, -1)
+                   preferred_element_type=jnp.float32, precision=precision(u.dtype)).reshape(n, n, b, th, tw, -1)
     rows = jnp.stack(_combine(at, list(m)), axis=3)                 # A^T M: [n, B, th, tile, tw, F]
     y = jnp.stack(_combine(at, list(rows)), axis=4)                 # (A^T M) A: [B, th, tile, tw, tile, F]
     return y.reshape(b, th * tile, tw * tile, -1)[:, :h, :w]
 
 
-def cpu_kernels() -> bool:
-    """Whether ``Conv`` rewrites convolutions for XLA:CPU (Winograd, shifted products): only when JAX runs on
-    the CPU; on a GPU or TPU every k x k convolution is XLA's own (cuDNN on NVIDIA GPUs)."""
-    return jax.default_backend() == "cpu"
+KERNELS = ("auto", "cpu", "xla")
 
 
-def winograd_tile(dtype, kernel_size, strides, padding, size) -> int:
+def cpu_kernels(kernels: str = "auto") -> bool:
+    """Whether the layers use the forms rewritten for XLA:CPU (Winograd, shifted and pointwise products,
+    bf16 max pool): ``"auto"``, only when JAX runs on the CPU; ``"cpu"`` / ``"xla"``: always / never."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels = {kernels!r}: expected one of {KERNELS}")
+    return jax.default_backend() == "cpu" if kernels == "auto" else kernels == "cpu"
+
+
+def precision(dtype):
+    """True float32 products for float32 layers on every platform; the platform's default (bf16) otherwise."""
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+def xla_conv(x, kernel, strides, padding):
+    """XLA's own convolution (cuDNN on NVIDIA GPUs), float32 results in float32 precision."""
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=precision(x.dtype))
+
+
+def winograd_tile(dtype, kernel_size, strides, padding, size, kernels: str = "auto") -> int:
     """The Winograd tile ``Conv`` uses for a layer (0: none), from single layers and the whole ResNet50 on
     this CPU (benchmarks/conv_layers.py, benchmarks/RESULTS.md): 3x3 stride-1 pad-1 layers only; float32:
     tile 4 (ResNet50 on 2 cores: 24.6 frames/s, tile 2 at 56 px 23.7, tile 2 everywhere 22.8); bfloat16:
     tile 2 at 28 px and below (tile 4's bf16 error is 5e-2; at 56 px tile 2 is no faster in the network than
     XLA's convolution, and less exact)."""
-    if not cpu_kernels() or (tuple(kernel_size), tuple(strides), tuple(map(tuple, padding))) != (
+    if not cpu_kernels(kernels) or (tuple(kernel_size), tuple(strides), tuple(map(tuple, padding))) != (
             (3, 3), (1, 1), ((1, 1), (1, 1))):
         return 0
     if jnp.dtype(dtype) == jnp.bfloat16:
@@ -159,7 +183,7 @@ class Conv(nn.Module):
     * bfloat16, other layers with outputs of at most ``shifted_max_size`` px (the strided 3x3 layers):
       ``shifted_conv``, bf16 products with float32 results, which XLA:CPU runs on the CPU's bf16 dot
       instructions and its bf16 convolutions do not (alone: 7x7 2.0x, 14x14 1.7x, 28x28 1.2x; the stem 0.03x);
-    * else ``lax.conv_general_dilated``, and always off the CPU (``cpu_kernels``).
+    * else ``lax.conv_general_dilated``, and always off the CPU or with ``kernels="xla"`` (``cpu_kernels``).
     """
 
     features: int
@@ -171,6 +195,7 @@ class Conv(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     shifted_max_size: int = 28
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -179,7 +204,7 @@ class Conv(nn.Module):
         x = x.astype(self.dtype)
         out_size = max((n + sum(p) - k) // s + 1
                        for n, p, k, s in zip(x.shape[1:3], self.padding, self.kernel_size, self.strides))
-        tile = winograd_tile(self.dtype, self.kernel_size, self.strides, self.padding, out_size)
+        tile = winograd_tile(self.dtype, self.kernel_size, self.strides, self.padding, out_size, self.kernels)
         if tile:
             if self.has_variable("winograd", "kernel"):
                 u = self.get_variable("winograd", "kernel")
@@ -188,12 +213,12 @@ class Conv(nn.Module):
                 if self.is_mutable_collection("winograd") and not self.is_initializing():
                     self.put_variable("winograd", "kernel", u)
             y = winograd_conv3x3(x, u, tile).astype(self.dtype)
-        elif jnp.dtype(self.dtype) == jnp.bfloat16 and out_size <= self.shifted_max_size and cpu_kernels():
+        elif (jnp.dtype(self.dtype) == jnp.bfloat16 and out_size <= self.shifted_max_size
+              and cpu_kernels(self.kernels)):
             y = shifted_conv(jnp.pad(x, ((0, 0), *self.padding, (0, 0))), kernel.astype(self.dtype),
                              self.strides).astype(self.dtype)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), self.strides, self.padding,
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y = xla_conv(x, kernel.astype(self.dtype), self.strides, self.padding)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
         return y
@@ -215,10 +240,10 @@ def conv_layer(features, kernel_size, strides=(1, 1), *, padding=((0, 0), (0, 0)
     return Conv(features, tuple(kernel_size), tuple(strides), padding, name=name, **kwargs)
 
 
-def max_pool_3x3_s2(x):
-    """``nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))``; in bfloat16 as the maximum of strided
-    slices, rows then columns (XLA:CPU's bfloat16 reduce-window is 5x slower than its float32 one)."""
-    if x.dtype != jnp.bfloat16:
+def max_pool_3x3_s2(x, kernels: str = "auto"):
+    """``nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))``; on the CPU in bfloat16 as the maximum of
+    strided slices, rows then columns (XLA:CPU's bfloat16 reduce-window is 5x slower than its float32 one)."""
+    if x.dtype != jnp.bfloat16 or not cpu_kernels(kernels):
         return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     h, w = (x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
@@ -267,6 +292,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     residual_scale_init: float = 1.0  # initial gamma of each block's last BN (0 = "zero-init residual")
     bn_momentum: float = 0.9  # 0 makes a train-mode pass set the statistics to the batch's own
+    kernels: str = "auto"     # "auto": the CPU rewrites on the CPU only; "xla" / "cpu": never / always (KERNELS)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -274,7 +300,7 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown ResNet variant {self.variant!r}; expected one of {VARIANTS}")
         conv = functools.partial(
             conv_layer, use_bias=self.variant == "v1", kernel_init=he_normal, dtype=self.dtype,
-            param_dtype=jnp.float32)
+            param_dtype=jnp.float32, kernels=self.kernels)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
             epsilon=BN_EPSILON[self.variant], dtype=self.dtype, param_dtype=jnp.float32)
@@ -282,7 +308,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
-        x = max_pool_3x3_s2(x)
+        x = max_pool_3x3_s2(x, self.kernels)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 x = Bottleneck(
@@ -297,7 +323,7 @@ class ResNet(nn.Module):
         self.sow("intermediates", "last_conv", x)
         out = {"features": jnp.mean(x.astype(jnp.float32), axis=(1, 2))}
         if self.num_classes:
-            out["logits"] = nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(out["features"])
+            out["logits"] = nn.Dense(self.num_classes, dtype=jnp.float32, precision=precision(jnp.float32), name="fc")(out["features"])
         return out
 
 
