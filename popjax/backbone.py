@@ -7,7 +7,7 @@ says so in ``description`` and ``metadata`` (every output that depends on it rec
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +139,12 @@ class Backbone:
         that holds it (by default ``call_buckets``: the batch size, about its half, quarter and eighth, and the
         device count), not to the whole batch. Each bucket size, and each frame size, compiles once per
         process on first use (the persistent compilation cache keeps the programs between runs)."""
+        return self.features_async(frames)()
+
+    def features_async(self, frames) -> Callable[[], np.ndarray]:
+        """``features``, dispatched: the batches are sent to the devices and queued, and their results start
+        copying to the host; the returned function waits for them and returns the float32 [N, 2048] array.
+        The host can prepare (and dispatch) the next call meanwhile, so the devices never wait for it."""
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
@@ -150,6 +156,12 @@ class Backbone:
             chunk = frames[start:start + self.batch_size]
             chunk = parallel.pad_batch(chunk, next(b for b in self.buckets if b >= len(chunk)))
             outputs.append(self._features(self.inference_variables, jax.device_put(chunk, sharding)))
-        if not outputs:
-            return np.zeros((0, 2048), np.float32)
-        return np.concatenate([np.asarray(o, np.float32) for o in outputs])[:len(frames)]
+            outputs[-1].copy_to_host_async()
+        n = len(frames)
+
+        def result() -> np.ndarray:
+            if not outputs:
+                return np.zeros((0, 2048), np.float32)
+            return np.concatenate([np.asarray(o, np.float32) for o in outputs])[:n]
+
+        return result

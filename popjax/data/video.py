@@ -150,15 +150,42 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def _command(path: str, window: float, select: str, size: int) -> list[str]:
+DECODERS = ("cpu", "cuda")
+
+
+def resolve_decoder(choice: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when JAX runs on an NVIDIA GPU and the bundled ffmpeg has CUDA, else ``"cpu"``;
+    ``"cpu"`` / ``"cuda"`` as given."""
+    if choice != "auto":
+        if choice not in DECODERS:
+            raise ValueError(f"decoder = {choice!r}: expected one of {DECODERS + ('auto',)}")
+        return choice
+    import jax
+
+    nvidia = jax.default_backend() == "gpu" and "nvidia" in jax.devices()[0].device_kind.lower()
+    return "cuda" if nvidia and "cuda" in _hwaccels() else "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _hwaccels() -> tuple[str, ...]:
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-hwaccels"], capture_output=True, text=True, check=False)
+    return tuple(line.strip() for line in out.stdout.splitlines()[1:] if line.strip())
+
+
+def _command(path: str, window: float, select: str, size: int, decoder: str = "cpu", threads: int = 0) -> list[str]:
+    # cuda: NVDEC decodes into GPU memory, the chosen frames are selected there and only they are converted
+    # to 8-bit NV12 and copied to the host (then scaled exactly as the CPU decoder's frames).
+    download = "scale_cuda=format=nv12,hwdownload,format=nv12," if decoder == "cuda" else ""
     graph = (
         "[0:V:0]showinfo@all=checksum=0,"  # every decoded frame (after autorotation and -t)
-        f"select='{select}',"
+        f"select='{select}',{download}"
         f"scale={size}:{size}:flags={_SCALE_FLAGS},format=rgb24,"
         "showinfo@sel=checksum=0"  # the kept ones
     )
+    hw = ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda"] if decoder == "cuda" else []
     return [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info",
+        *(["-threads", str(threads)] if threads else []), *hw,   # decoder threads (0: ffmpeg's choice)
         # local files only: "file:" stops "a:b.mp4" reading as a protocol, the whitelist stops
         # playlists/concat lists from reaching out
         "-protocol_whitelist", "file", "-t", f"{window:.6f}", "-i", "file:" + os.path.abspath(path),
@@ -288,8 +315,9 @@ class _Run:
     stderr: str
 
 
-def _run(path: str, window: float, select: str, size: int, deadline: float) -> _Run:
-    cmd = _command(path, window, select, size)
+def _run(path: str, window: float, select: str, size: int, deadline: float, decoder: str = "cpu",
+         threads: int = 0) -> _Run:
+    cmd = _command(path, window, select, size, decoder, threads)
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise VideoError("timeout", f"{path}: timed out before ffmpeg could run")
@@ -343,26 +371,52 @@ def _kept_indices(decoded, kept_pts, n_raw) -> list[int] | None:
 
 
 def sample_frames(path, num_frames: int = NUM_FRAMES, seconds: float = SECONDS, size: int = SIZE,
-                  timeout: float = 120.0) -> SampledFrames:  # fmt: skip
+                  timeout: float = 120.0, decoder: str = "cpu", threads: int = 0) -> SampledFrames:  # fmt: skip
     """Sample ``num_frames`` frames evenly spread over the first ``seconds`` of a video (paper:
     N = 18 over the first 6 s; shorter videos: over their real duration), each the whole frame
     squashed to ``size`` x ``size``, uint8 RGB, displayed orientation.
+
+    ``decoder``: ``"cpu"`` (ffmpeg's software decoders) or ``"cuda"`` (NVDEC on an NVIDIA GPU, through the
+    same ffmpeg); a video NVDEC cannot decode (no GPU, an unsupported codec or profile) is decoded on the CPU
+    instead, and ``info["decoder"]`` / ``info["fallback"]`` say so. ``threads``: ffmpeg's decoder threads
+    (0: ffmpeg's choice, one per core; one per worker when several videos decode side by side).
 
     Raises ``VideoError`` (``reason``: missing_file, not_a_video, decode_error, no_frames, timeout).
     """
     if num_frames < 1 or seconds <= 0 or size < 1:
         raise ValueError("num_frames and size must be >= 1, seconds > 0")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder = {decoder!r}: expected one of {DECODERS}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError("missing_file", f"{path}: no such file")
     if os.path.isdir(path):
         raise VideoError("not_a_video", f"{path}: is a directory")
     deadline = time.monotonic() + timeout
-    run, plan = _first_pass(path, num_frames, seconds, size, deadline)
+    if decoder == "cuda":
+        try:
+            sampled = _sample(path, num_frames, seconds, size, deadline, "cuda", threads)
+            sampled.info["decoder"] = "cuda"
+            return sampled
+        except VideoError as e:
+            if e.reason == "timeout":
+                raise
+            fallback = f"NVDEC could not decode it ({e.reason}): decoded on the CPU"
+    else:
+        fallback = None
+    sampled = _sample(path, num_frames, seconds, size, deadline, "cpu", threads)
+    sampled.info["decoder"] = "cpu"
+    if fallback:
+        sampled.info["fallback"] = fallback
+    return sampled
+
+
+def _sample(path, num_frames, seconds, size, deadline, decoder, threads) -> SampledFrames:
+    run, plan = _first_pass(path, num_frames, seconds, size, deadline, decoder, threads)
     kept = _kept_indices(plan.decoded, run.kept_pts, len(run.raw))
     if kept is None or not set(plan.chosen) <= set(kept):
         # T was unknown to ffmpeg (a video shorter than `seconds`), or a tie rounded the other way.
-        run, kept = _select_again(path, plan, size, deadline)
+        run, kept = _select_again(path, plan, size, deadline, decoder, threads)
         plan.calls += 1
     position = {j: k for k, j in enumerate(kept)}
     frames = np.ascontiguousarray(run.raw[[position[j] for j in plan.chosen]])
@@ -385,11 +439,11 @@ class _Plan:
     calls: int
 
 
-def _first_pass(path, num_frames, seconds, size, deadline) -> tuple[_Run, _Plan]:
+def _first_pass(path, num_frames, seconds, size, deadline, decoder="cpu", threads=0) -> tuple[_Run, _Plan]:
     """The one ffmpeg call (T = seconds), checked; widened once if the window may have cut the video."""
     window, calls = seconds + _WINDOW_MARGIN, 1
     while True:
-        run = _run(path, window, _select_by_time(num_frames, seconds), size, deadline)
+        run = _run(path, window, _select_by_time(num_frames, seconds), size, deadline, decoder, threads)
         video = _video_stream(run.header)
         if video is None or _NOT_VIDEO_FORMATS.search(run.header["format"] or ""):
             raise _open_error(path, run)
@@ -411,11 +465,11 @@ def _first_pass(path, num_frames, seconds, size, deadline) -> tuple[_Run, _Plan]
     return run, _Plan(run.decoded, run.time_base, pts0, rel, span, duration, chosen, video, calls)
 
 
-def _select_again(path, plan: _Plan, size, deadline) -> tuple[_Run, list[int]]:
+def _select_again(path, plan: _Plan, size, deadline, decoder="cpu", threads=0) -> tuple[_Run, list[int]]:
     """Second call: keep the chosen frames by decode index (known exactly now)."""
     last = max(plan.chosen)
     window = max(0.0, float(plan.decoded[last].pts * plan.time_base)) + _WINDOW_MARGIN
-    run = _run(path, window, _select_by_index(plan.chosen), size, deadline)
+    run = _run(path, window, _select_by_index(plan.chosen), size, deadline, decoder, threads)
     same = [d.pts for d in run.decoded[: last + 1]] == [d.pts for d in plan.decoded[: last + 1]]
     kept = _kept_indices(run.decoded, run.kept_pts, len(run.raw)) if same else None
     if kept is None or not set(plan.chosen) <= set(kept):
