@@ -410,6 +410,8 @@ def gradcam(args) -> dict:
                   "1 device": (jax.device_put(bb.variables, jax.devices()[0]), None)}
     if mesh.size > 1:
         placements["explain (split)"] = (bb.variables, "split")
+    if getattr(args, "gradcam_explain_only", False):   # only the placement popjax explain uses
+        placements = dict([list(placements.items())[-1]])
     out = {"setup_s": round(setup_s, 1), "backbone": bb.description, "local_devices": mesh.size,
            "placements": {"replicated": "Backbone variables replicated over all local devices, host frames: the "
                                         "whole computation runs on every device (popjax explain before 2026-11-29)",
