@@ -9,7 +9,7 @@ from configs import table1
 def get_config():
     config = table1.get_config()
     config.kind = "demo"
-    config.demo = dict(num_videos=320, seed=0, weights="", batch_size=32, explain_examples=3)
+    config.demo = dict(num_videos=320, seed=0, weights="", batch_size=32, dtype="float32", explain_examples=3)
     # Small, fast settings for a 2-core laptop: search only the numbers that share one compiled program.
     config.search.num_trials = 6
     config.search.space = dict(

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +26,6 @@ def demo(config, workdir) -> dict:
     from popjax.data.demo import write_corpus
     from popjax.explain import faithfulness
     from popjax.explain.explanation import Explainer, write_explanation
-    from popjax.extract import extract
     from popjax.predict import TrainedModel
 
     W = Path(workdir)
@@ -41,8 +42,7 @@ def demo(config, workdir) -> dict:
 
     d = config.demo
     manifest = stage("corpus", lambda: write_corpus(W / "demo", d.num_videos, d.seed))
-    report = stage("features", lambda: extract(manifest, W / "features", weights=d.weights or None,
-                                               batch_size=d.batch_size, progress=config.progress))
+    report = stage("features", lambda: _features(manifest, W / "features", d, config.progress))
     with config.unlocked():
         config.data.features = str((W / "features").absolute())
     table = stage("table1", lambda: experiment.table1(config, W))
@@ -76,3 +76,24 @@ def demo(config, workdir) -> dict:
           f"table: {W / 'table1.md'}\nfaithfulness: {W / 'faithfulness.json'}\n"
           f"explanations: {', '.join(figures)}\ntimings (s): {timings}")
     return {"table1": table, "faithfulness": faith, "timings": timings}
+
+
+def _features(manifest: Path, out: Path, d, progress: bool) -> dict:
+    """``popjax extract`` of the demo corpus, as its own process (as a user runs it), with the command's process
+    settings (freed memory kept: ResNet50's per-call buffers stop page-faulting), which ``train.py``'s
+    compile-heavy training stage runs faster without. In a multi-process run, in this process (all join)."""
+    import jax
+
+    from popjax.extract import ExtractError, extract
+
+    if jax.process_count() > 1:
+        return extract(manifest, out, weights=d.weights or None, batch_size=d.batch_size, progress=progress,
+                       dtype=d.dtype)
+    cmd = [sys.executable, "-m", "popjax.cli", "extract", "--manifest", str(manifest), "--out", str(out),
+           "--batch-size", str(d.batch_size), "--dtype", d.dtype,
+           *(["--weights", str(d.weights)] if d.weights else []),
+           *([] if progress else ["--quiet"])]
+    code = subprocess.run(cmd, check=False).returncode
+    if code not in (0, 1) or not (out / "report.json").is_file():   # 1: some rows rejected (listed, not lost)
+        raise ExtractError(f"popjax extract of the demo corpus failed (exit {code}); its message is above")
+    return json.loads((out / "report.json").read_text())
