@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -117,8 +116,9 @@ def decode(args) -> dict:
     """videos/s, CPU (a worker per core, one ffmpeg thread each) and NVDEC, and NVDEC's frames vs the CPU's."""
     import decode as dec
     from popjax.data.video import sample_frames
+    from popjax.extract import usable_cores
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()   # as popjax extract counts its workers
     rows, agreement = [], {}
     for size in args.decode_sizes:
         clips = dec.generated_clips(Path(args.clip_dir), size, args.clips)
