@@ -44,10 +44,9 @@ def _demo(args) -> int:
 
 def _extract(args) -> int:
     from popjax.data.manifest import ManifestError
+    from popjax.data.video import resolve_decoder
     from popjax.extract import ExtractError, Settings, extract
     from popjax.weights import WeightsError
-
-    from popjax.data.video import resolve_decoder
 
     settings = Settings(num_frames=args.num_frames, seconds=args.seconds, max_words=args.max_words,
                         workers=args.workers, shard_videos=args.shard_videos, decoder=resolve_decoder(args.decoder))
@@ -74,11 +73,10 @@ def _extract(args) -> int:
 
 def _predict(args) -> int:
     from popjax.data.manifest import ManifestError
+    from popjax.data.video import resolve_decoder
     from popjax.predict import predict_manifest
 
     try:
-        from popjax.data.video import resolve_decoder
-
         result = predict_manifest(args.workdir, args.manifest, args.out, batch_size=args.batch_size,
                                   dtype=args.dtype, decoder=resolve_decoder(args.decoder), progress=not args.quiet)
     except (ManifestError, FileNotFoundError) as e:

@@ -459,15 +459,13 @@ def _throughput(work: Path, nproc: int, num_frames: int) -> dict:
     videos, seconds = sum(x["videos"] for x in t), max(x["seconds"] for x in t)
     first = [x["first_call_seconds"] for x in t if x["first_call_seconds"] is not None]
     steady, steady_seconds = sum(x["steady_videos"] for x in t), max(x["steady_seconds"] for x in t)
-    attempted = sum(x.get("attempted", 0) for x in t)
-    decoded_by = collections.Counter()
-    for x in t:
-        decoded_by.update(x.get("decoded_by", {}))
+    attempted = sum(x["attempted"] for x in t)
+    decoded_by = sum((collections.Counter(x["decoded_by"]) for x in t), collections.Counter())
     return {"videos_this_run": videos, "seconds": round(seconds, 2), **_rates("", videos, seconds, num_frames),
             # ffmpeg's CPU time (all processes) per video it was given, failed ones included
-            "decode_core_seconds_per_video": round(sum(x.get("decode_core_seconds", 0.0) for x in t) / attempted, 4)
+            "decode_core_seconds_per_video": round(sum(x["decode_core_seconds"] for x in t) / attempted, 4)
             if attempted else None,
-            "decoded_by": dict(decoded_by), "decoder_fallbacks": [f for x in t for f in x.get("fallbacks", [])],
+            "decoded_by": dict(decoded_by), "decoder_fallbacks": [f for x in t for f in x["fallbacks"]],
             # The first backbone call also transforms the Winograd kernels and compiles (or loads) the
             # program: a one-time cost, reported apart from the rate after it.
             "first_call_seconds": round(max(first), 2) if first else None,

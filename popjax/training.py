@@ -78,13 +78,7 @@ def epoch_indices(n: int, batch_size: int, mesh, shuffle_seed: int | None = None
     """All of an epoch's ``batch_indices`` as two [steps, batch_size] arrays (int32 indices, float32 weights),
     each step's batch split over the mesh's ``data`` axis: the only data a training epoch sends to the devices."""
     idx, weights = (np.stack(a) for a in zip(*batch_indices(n, batch_size, shuffle_seed, epoch)))
-    return step_indices(idx.astype(np.int32), weights, mesh)
-
-
-def step_indices(idx: np.ndarray, weights: np.ndarray, mesh):
-    """(indices, weights) [..., batch] onto ``mesh``, the batch axis split over ``data`` (each process builds the
-    shards of its own devices, from the same values on every process)."""
-    return parallel.put((idx, weights), NamedSharding(mesh, P(*([None] * (idx.ndim - 1)), parallel.DATA)))
+    return parallel.put((idx.astype(np.int32), weights), NamedSharding(mesh, P(None, parallel.DATA)))
 
 
 def device_tables(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
