@@ -14,15 +14,18 @@ states are stacked on a leading axis and the steps are ``jax.vmap``-ed over it, 
 set of seeds costs one compiled program. A single run is one trial.
 
 Runs are deterministic: the data order of epoch e comes from ``(data_seed, e)`` and every random number of a
-trial from its own seed. The full state is checkpointed with orbax at the end of each epoch
-(``checkpoints/latest``), so a killed run resumes exactly; the best-by-validation model is kept in
-``checkpoints/best``.
+trial from its own seed. The full state is checkpointed with orbax at the end of an epoch
+(``checkpoints/latest``): the first epoch, then the first epoch at least ``checkpoint_every_secs`` after the
+previous save when no save is under way, and the last epoch; a killed run resumes exactly from the last one. The
+best-by-validation model is kept in ``checkpoints/best``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -81,10 +84,14 @@ def epoch_indices(n: int, batch_size: int, mesh, shuffle_seed: int | None = None
     return parallel.put((idx.astype(np.int32), weights), NamedSharding(mesh, P(None, parallel.DATA)))
 
 
-def device_tables(arrays: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+def device_tables(arrays: Mapping[str, np.ndarray], mesh, rows: int | None = None) -> dict[str, jax.Array]:
     """A split's arrays (features kept float16) on every device of ``mesh``, once per ``fit``: each step then
-    gathers its batch on the devices (``take_batch``), and the host sends nothing but indices."""
-    return parallel.put(dict(arrays), parallel.replicated(mesh))
+    gathers its batch on the devices (``take_batch``), and the host sends nothing but indices. With ``rows``,
+    padded to that many rows by repeating the first (splits of one size share their compiled programs)."""
+    arrays = dict(arrays)
+    if rows is not None:
+        arrays = {k: np.concatenate([v, np.repeat(v[:1], rows - len(v), axis=0)]) for k, v in arrays.items()}
+    return parallel.put(arrays, parallel.replicated(mesh))
 
 
 def take_batch(tables: Mapping[str, jax.Array], idx, weights) -> dict[str, jax.Array]:
@@ -160,6 +167,7 @@ class Program:
     total_steps: int
     warmup_steps: int
     freeze: tuple = ()
+    cpu_opt_level: int | None = None   # XLA:CPU's LLVM optimization level for these programs (None: XLA's)
 
     def model(self, hp=None):
         return make_model(self.static, self.vocab_size, self.word_dim, hp)
@@ -225,12 +233,12 @@ class FitResult:
 
 
 def predict_split(program: Program, params, batch_stats, tables, n: int, frozen, mesh, batch_size: int) -> np.ndarray:
-    """P(popular) of the ``n`` videos of a split (its ``device_tables``) for every stacked trial: [T, n], all of
-    the split's batches in one call."""
+    """P(popular) of the first ``n`` videos of a split (its ``device_tables``) for every stacked trial: [T, n],
+    all of the table's batches in one call."""
     num_trials = jax.tree.leaves(params)[0].shape[0]
     if n == 0:
         return np.zeros((num_trials, 0))
-    idx, weights = epoch_indices(n, batch_size, mesh)
+    idx, weights = epoch_indices(len(tables["label"]), batch_size, mesh)
     p = _host_copy(_jitted(program, "predict", mesh)(params, batch_stats, tables, idx, weights, frozen))  # [S, T, B]
     return np.moveaxis(p, 0, 1).reshape(num_trials, -1)[:, :n]
 
@@ -239,34 +247,41 @@ _JIT_CACHE: dict = {}
 
 
 def _jitted(program: Program, name: str, mesh) -> Callable:
-    """The compiled epoch functions of a program, cached per program and mesh; outputs replicated over ``mesh``.
+    """The compiled functions of a program, cached per program and mesh; outputs replicated over ``mesh``.
 
+    ``init(hp, sample, frozen, encoders)``: one trial's ``TrainState`` (called per trial; see ``fit``).
     ``train_epoch(state, tables, idx, weights, hp, frozen)``: a ``lax.scan`` of ``jit(vmap(train_step))`` over
     the epoch's [steps, batch] indices, each step gathering its batch from the device-resident tables
     (one dispatch per epoch; the host does no per-step work). ``predict(params, batch_stats, tables, idx,
     weights, frozen)``: P(popular) [steps, T, batch] of the stacked trials.
     """
     key = (name, json.dumps(program.static, sort_keys=True), program.vocab_size, program.word_dim,
-           program.total_steps, program.warmup_steps, program.freeze, mesh)
+           program.total_steps, program.warmup_steps, program.freeze, program.cpu_opt_level, mesh)
     if key not in _JIT_CACHE:
         out, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+        options = None   # only CPU devices take the CPU's level; accelerators keep XLA's defaults
+        if program.cpu_opt_level is not None and mesh.devices.flat[0].platform == "cpu":
+            options = {"xla_backend_optimization_level": int(program.cpu_opt_level)}
+        jit = functools.partial(jax.jit, out_shardings=out, compiler_options=options)
         step = jax.vmap(program.train_step, in_axes=(0, None, 0, None))
         predict = jax.vmap(program.predict, in_axes=(0, 0, None, None))
 
         def batch_at(tables, idx, weights):
             return jax.lax.with_sharding_constraint(take_batch(tables, idx, weights), split)
 
-        if name == "train_epoch":
+        if name == "init":
+            fn = jit(program.init)
+        elif name == "train_epoch":
             def train_epoch(state, tables, idx, weights, hp, frozen):
                 return jax.lax.scan(lambda st, xs: step(st, batch_at(tables, *xs), hp, frozen), state, (idx, weights))
 
-            fn = jax.jit(train_epoch, donate_argnums=(0,), out_shardings=out)
+            fn = jit(train_epoch, donate_argnums=(0,))
         else:
             def predict_all(params, batch_stats, tables, idx, weights, frozen):
                 return jax.lax.map(lambda xs: predict(params, batch_stats, batch_at(tables, *xs), frozen),
                                    (idx, weights))
 
-            fn = jax.jit(predict_all, out_shardings=out)
+            fn = jit(predict_all)
         _JIT_CACHE[key] = fn
     return _JIT_CACHE[key]
 
@@ -279,7 +294,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
 
     ``data`` maps "train"/"val"/"test" to ``model_inputs`` arrays. ``encoders``: trained encoder subtrees
     plugged into every trial (multimodal); ``freeze`` names the submodules the optimizer leaves alone. ``train_cfg``: batch_size, num_epochs, warmup_epochs, patience,
-    data_seed. With ``workdir`` the run checkpoints each epoch and resumes from ``workdir/checkpoints``.
+    data_seed, checkpoint_every_secs. With ``workdir`` the run checkpoints (see the module docstring) and resumes
+    from ``workdir/checkpoints``.
     """
     import orbax.checkpoint as ocp
 
@@ -293,21 +309,31 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     steps_per_epoch = math.ceil(n_train / bs)
     num_epochs = int(train_cfg["num_epochs"])
     program = Program(dict(static), vocab_size, word_dim, total_steps=steps_per_epoch * num_epochs,
-                      warmup_steps=int(train_cfg.get("warmup_epochs", 1) * steps_per_epoch), freeze=tuple(freeze))
+                      warmup_steps=int(train_cfg.get("warmup_epochs", 1) * steps_per_epoch), freeze=tuple(freeze),
+                      cpu_opt_level=train_cfg.get("cpu_opt_level"))
     hp = {k: np.asarray([float(t[k]) if k != "seed" else int(t[k]) for t in trials]) for k in TRACED_KEYS}
     sample = jax.tree.map(np.asarray, take_batch(data["train"], *next(batch_indices(min(n_train, bs), bs))))
     # Everything the epochs read goes to the devices once: the splits' tables, the frozen arrays, the trials'
     # hyperparameters (the state too, below).
     frozen, hp_d, sample = parallel.put((dict(frozen), hp, sample), parallel.replicated(mesh))
-    tables = {split: device_tables(data[split], mesh) for split in ("train", "val", "test") if split in data}
-    size = {split: len(data[split]["label"]) for split in tables}
+    size = {split: len(data[split]["label"]) for split in ("train", "val", "test") if split in data}
+    # Validation and test tables padded to one size: one compiled prediction program for both.
+    eval_rows = parallel.round_up(max(size.get("val", 0), size.get("test", 0)), bs)
+    tables = {split: device_tables(data[split], mesh, rows=None if split == "train" else eval_rows)
+              for split in size}
 
-    # Trials are initialised one by one, eagerly: the LSTM's orthogonal init runs LAPACK QR kernels that,
-    # batched by vmap (or run side by side inside one jit program), can wait on each other for the two
-    # threads of XLA's CPU pool and deadlock.
-    state = [program.init({k: v[t] for k, v in hp.items()}, sample, frozen, encoders) for t in range(len(trials))]
-    state = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *state), parallel.replicated(mesh))
-    T = len(trials)
+    # Trials are initialised one by one (one compiled init, called per trial): the LSTM's orthogonal init runs
+    # LAPACK QR kernels that, batched by vmap, can wait on each other for the threads of XLA's CPU pool and
+    # deadlock. Stacked on the host, then placed once.
+    init, T = _jitted(program, "init", mesh), len(trials)
+    trial_hp = [{k: v[t] for k, v in hp.items()} for t in range(T)]
+    with ThreadPoolExecutor(3) as pool:   # the other programs compile meanwhile (XLA: one thread per program)
+        ahead = _compile_ahead(pool, program, mesh, jax.eval_shape(init, trial_hp[0], sample, frozen, encoders), T,
+                               tables, hp_d, frozen, bs, epoch_indices(n_train, bs, mesh, train_cfg.get("data_seed", 0)))
+        state = [_host_copy(init(h, sample, frozen, encoders)) for h in trial_hp]
+        for compiled in ahead:
+            compiled.result()
+    state = jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *state), parallel.replicated(mesh))
     tracker = {"epoch": 0, "best_key": [[-math.inf, -math.inf]] * T, "best_epoch": [0] * T,
                "since_best": 0, "history": [], "val": [None] * T}
     best = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
@@ -315,7 +341,11 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     latest = None
     if workdir is not None:
         ckpt_dir = Path(workdir).absolute() / "checkpoints" / "latest"
-        latest = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        # The policy decides on process 0 and broadcasts, so every process saves the same epochs.
+        policy = ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
+            minimum_interval_secs=int(train_cfg.get("checkpoint_every_secs", 60)))
+        latest = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, save_decision_policy=policy))
         if latest.latest_step() is not None:
             target = _host_copy({"state": state, "best": best})
             restored = latest.restore(latest.latest_step(), args=ocp.args.Composite(
@@ -336,8 +366,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
                                   bs)
             val = [metrics.evaluate(p, data["val"]["label"], data["val"]["normalized_views"]) for p in p_val]
             improved = np.array([list(metrics.selection_key(m)) > list(k) for m, k in zip(val, tracker["best_key"])])
-            best = jax.tree.map(lambda b, s: jnp.where(improved.reshape((-1,) + (1,) * (s.ndim - 1)), s, b),
-                                best, {"params": state.params, "batch_stats": state.batch_stats})
+            best = keep_best(best, {"params": state.params, "batch_stats": state.batch_stats},
+                             parallel.put(improved, parallel.replicated(mesh)))
             for t in np.flatnonzero(improved):
                 tracker["best_key"][t], tracker["best_epoch"][t], tracker["val"][t] = (
                     list(metrics.selection_key(val[t])), epoch + 1, val[t])
@@ -349,9 +379,10 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
             tracker["epoch"] = epoch + 1
             if log:
                 log(record)
-            if latest is not None:
+            last = tracker["epoch"] >= num_epochs or tracker["since_best"] >= patience
+            if latest is not None and (last or latest.should_save(tracker["epoch"])):
                 # Host copies: the async save must not read buffers that the next (donating) step reuses.
-                latest.save(tracker["epoch"], args=ocp.args.Composite(
+                latest.save(tracker["epoch"], force=True, args=ocp.args.Composite(
                     train=ocp.args.StandardSave(_host_copy({"state": state, "best": best})),
                     tracker=ocp.args.JsonSave(tracker)))
             bar.update(1)
@@ -370,6 +401,27 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     return FitResult(trials=[dict(t) for t in trials], val=val, test=test, best_epoch=tracker["best_epoch"],
                      params=_host_copy(best["params"]), batch_stats=_host_copy(best["batch_stats"]),
                      history=tracker["history"], epochs_run=tracker["epoch"], devices=mesh.size)
+
+
+def _compile_ahead(pool, program: Program, mesh, trial_state, T: int, tables, hp, frozen, batch_size: int,
+                   first_epoch) -> list:
+    """Futures compiling ``fit``'s epoch, prediction and best-keeping programs for ``T`` stacked trials of
+    state ``trial_state`` (shapes), as its calls will use them: those calls then find them compiled."""
+    rep = parallel.replicated(mesh)
+    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct((T,) + s.shape, s.dtype, sharding=rep), trial_state)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    eval_idx = epoch_indices(len(tables["val"]["label"]), batch_size, mesh)
+    improved = jax.ShapeDtypeStruct((T,), np.bool_, sharding=rep)
+    jobs = [(_jitted(program, "train_epoch", mesh), (state, tables["train"], *first_epoch, hp, frozen)),
+            (_jitted(program, "predict", mesh), (state.params, state.batch_stats, tables["val"], *eval_idx, frozen)),
+            (keep_best, (variables, variables, improved))]
+    return [pool.submit(lambda fn=fn, args=args: fn.lower(*args).compile()) for fn, args in jobs]
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def keep_best(best, current, improved):
+    """Each stacked trial's best variables so far: ``current`` where ``improved`` [T], else ``best``."""
+    return jax.tree.map(lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), best, current)
 
 
 def _host_copy(tree):

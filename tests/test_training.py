@@ -248,6 +248,30 @@ def test_killed_run_resumes_to_the_uninterrupted_result(video, features, tmp_pat
     assert got_info["best_epoch"] == ref_info["best_epoch"]
 
 
+
+def test_checkpoints_are_spaced_in_time_and_the_last_epoch_is_kept(features, tmp_path):
+    """``checkpoint_every_secs``: the first epoch, then none until that long after, and always the last epoch;
+    a rerun of a finished fit trains nothing and returns the same result."""
+    data = experiment.load_data(features, "video")
+    static = {"modality": "video", "frame_pooling": "mean", "headline_pooling": "last", "frame_embed_dim": 8,
+              "frame_attention_dim": 8, "lstm_hidden": 8, "word_attention_dim": 8, "head_hidden": 8,
+              "batch_norm": False}
+    trial = {"learning_rate": 1e-2, "weight_decay": 1e-4, "input_dropout": 0.0, "dropout": 0.0, "seed": 0}
+    saved = []
+    kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
+                  train_cfg={"batch_size": 16, "num_epochs": 5, "patience": 5, "checkpoint_every_secs": 3600},
+                  workdir=tmp_path, log=lambda r: saved.append(_finished_checkpoints(tmp_path)))
+    first = training.fit(data["splits"], static, [trial], **kwargs)
+    assert first.epochs_run == 5
+    # Before the last epoch's save, at most epoch 1's checkpoint (written asynchronously) exists: no second
+    # save within the hour ...
+    assert all(done in ([], [1]) for done in saved), saved
+    # ... and the last epoch was saved whatever the interval.
+    assert _finished_checkpoints(tmp_path) == [5]
+    saved.clear()
+    again = training.fit(data["splits"], static, [trial], **kwargs)
+    assert saved == [] and again.epochs_run == 5 and again.val == first.val and again.test == first.test
+
 # ------------------------------------------------------------------ 4. vmapped search == trials one by one
 # With batch norm, the bias of the Dense layer in front of it is a second parameter with an exactly-zero
 # gradient (BN subtracts the batch mean), and the running mean integrates that bias: both are rounding noise.
