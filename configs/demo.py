@@ -23,6 +23,9 @@ def get_config():
     # Its 32-example batches train faster unsplit: on a 2-core CPU (one JAX device per core) the Table-1
     # stage takes 124 s on one device vs 143 s on two, with the same table.
     config.train.devices = 1
+    # Its programs compile for longer than they run: with LLVM's -O1 the Table-1 stage compiles faster
+    # and trains at about the same steps/s (benchmarks/fit_steps.py --cpu-opt-level 2 1, benchmarks/RESULTS.md).
+    config.train.cpu_opt_level = 1
     config.model.frame_embed_dim = 128
     config.model.frame_attention_dim = 64
     config.model.lstm_hidden = 64
