@@ -58,14 +58,24 @@ class Explainer:
         return to_json(out, 0, timestamps, headline, self.trained, self.target, self.normalization)
 
     def explain_file(self, video, headline: str) -> tuple[dict, np.ndarray | None]:
-        frames = timestamps = None
-        if self.trained.uses_video:
-            sampled = sample_frames(video, self.trained.settings.num_frames, self.trained.settings.seconds,
-                                    self.trained.backbone.metadata["image_size"])
-            frames, timestamps = sampled.frames, sampled.timestamps
-        explanation = self.explain(frames, timestamps, headline)
-        explanation["video"] = str(video)
-        return explanation, frames
+        return self.explain_files([video], [headline])[0]
+
+    def explain_files(self, videos: Sequence, headlines: Sequence[str]) -> list[tuple[dict, np.ndarray | None]]:
+        """(explanation.json dict, frames) of each video file with its headline, ``self.batch`` videos per call."""
+        results = []
+        for start in range(0, len(videos), self.batch):
+            chunk, heads = list(videos[start:start + self.batch]), list(headlines[start:start + self.batch])
+            frames, timestamps = None, [None] * len(chunk)
+            if self.trained.uses_video:
+                sampled = [sample_frames(v, self.trained.settings.num_frames, self.trained.settings.seconds,
+                                         self.trained.backbone.metadata["image_size"]) for v in chunk]
+                frames, timestamps = np.stack([s.frames for s in sampled]), [s.timestamps for s in sampled]
+            out = self.arrays(frames, heads)
+            for b, (video, headline) in enumerate(zip(chunk, heads)):
+                explanation = to_json(out, b, timestamps[b], headline, self.trained, self.target, self.normalization)
+                explanation["video"] = str(video)
+                results.append((explanation, None if frames is None else frames[b]))
+        return results
 
 
 def to_json(out: dict, b: int, timestamps, headline: str, trained: TrainedModel, target: str,
