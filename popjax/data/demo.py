@@ -153,13 +153,18 @@ def _scene(video: DemoVideo) -> _Scene:
 
 
 def _draw(frame, kind, colour, size, cx, cy):
-    yy, xx = np.ogrid[0:frame.shape[0], 0:frame.shape[1]]
+    """A disk or square of diameter ``size`` centred at (cx, cy), tested only on the pixels of its bounding box."""
     r = size / 2
+    y0, x0 = max(0, int(np.floor(cy - r))), max(0, int(np.floor(cx - r)))
+    y1, x1 = min(frame.shape[0], int(np.ceil(cy + r)) + 1), min(frame.shape[1], int(np.ceil(cx + r)) + 1)
+    if y0 >= y1 or x0 >= x1:
+        return
+    yy, xx = np.ogrid[y0:y1, x0:x1]
     if kind == "disk":
         inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
     else:
         inside = (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
-    frame[inside] = colour
+    frame[y0:y1, x0:x1][inside] = colour
 
 
 def render_frame(video: DemoVideo, t: float, scene: _Scene | None = None) -> np.ndarray:
