@@ -8,6 +8,7 @@ Several hosts: start one process per host with --coordinator_address, --num_proc
 (or --distributed on a cluster JAX can auto-detect); every process runs the same command.
 """
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,7 +33,13 @@ def main(argv):
     if FLAGS.distributed or FLAGS.coordinator_address:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.set_verbosity(logging.WARNING)
-    workflow.run(FLAGS.config, FLAGS.workdir)
+    from popjax.experiment import ConfigError
+
+    try:
+        workflow.run(FLAGS.config, FLAGS.workdir)
+    except (ConfigError, FileNotFoundError) as e:   # a bad setting or a missing input: one line, exit 2
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -164,24 +164,41 @@ def train_and_evaluate(config, workdir) -> dict:
     return summary
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and what it accepts."""
+
+
 def check_config(config) -> None:
-    """Fail fast, before any data is read or anything trained, on settings that cannot work."""
+    """Fail fast, before any data is read or anything trained, on settings that cannot work (``ConfigError``)."""
     from popjax.models import MODALITIES
 
     m = config.model
     if m.modality not in MODALITIES:
-        raise ValueError(f"config.model.modality = {m.modality!r}: unknown modality; expected one of {MODALITIES}")
+        raise ConfigError(f"config.model.modality = {m.modality!r}: unknown modality; expected one of {MODALITIES}")
     if m.modality != "headline" and m.frame_pooling not in FRAME_POOLINGS:
-        raise ValueError(f"config.model.frame_pooling = {m.frame_pooling!r}: unknown frame pooling; "
-                         f"expected one of {FRAME_POOLINGS}")
+        raise ConfigError(f"config.model.frame_pooling = {m.frame_pooling!r}: unknown frame pooling; "
+                          f"expected one of {FRAME_POOLINGS}")
     if m.modality != "video" and m.headline_pooling not in HEADLINE_POOLINGS:
-        raise ValueError(f"config.model.headline_pooling = {m.headline_pooling!r}: unknown headline pooling; "
-                         f"expected one of {HEADLINE_POOLINGS}")
+        raise ConfigError(f"config.model.headline_pooling = {m.headline_pooling!r}: unknown headline pooling; "
+                          f"expected one of {HEADLINE_POOLINGS}")
     if not config.data.features:
-        raise ValueError("config.data.features is empty: point it at a dataset made by `popjax extract`")
-    if config.search.num_trials > 0:
-        search.check_space(config.search.space.to_dict())
-    parallel.training_mesh(config.train.get("devices", 0))   # raises on an impossible device count
+        raise ConfigError("config.data.features is empty: point it at a dataset made by `popjax extract`")
+    t = config.train
+    for field, low in (("batch_size", 1), ("num_epochs", 1), ("num_seeds", 1), ("patience", 1),
+                       ("warmup_epochs", 0), ("checkpoint_every_secs", 0), ("devices", 0)):
+        value = t.get(field, low)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            raise ConfigError(f"config.train.{field} = {value!r}: expected a number >= {low}")
+    if t.get("cpu_opt_level", 2) not in (0, 1, 2, 3):
+        raise ConfigError(f"config.train.cpu_opt_level = {t.cpu_opt_level!r}: expected 0, 1, 2 or 3")
+    if config.search.num_trials < 0:
+        raise ConfigError(f"config.search.num_trials = {config.search.num_trials!r}: expected a number >= 0")
+    try:
+        if config.search.num_trials > 0:
+            search.check_space(config.search.space.to_dict())
+        parallel.training_mesh(t.get("devices", 0))   # raises on an impossible device count
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _trained_encoders(config, workdir) -> tuple[dict, dict]:
@@ -237,7 +254,7 @@ def table1(config, workdir) -> dict:
     workdir = Path(workdir)
     unknown = [name for name in config.variants if name not in VARIANTS]
     if unknown:  # before training anything
-        raise ValueError(f"unknown Table-1 variant(s) {unknown}; expected some of {list(VARIANTS)}")
+        raise ConfigError(f"config.variants: unknown Table-1 variant(s) {unknown}; expected some of {list(VARIANTS)}")
     rows = []
     for name in config.variants:
         sub = config.copy_and_resolve_references()

@@ -18,7 +18,7 @@ def run(config, workdir) -> dict:
         return experiment.table1(config, workdir)
     if kind == "demo":
         return demo(config, workdir)
-    raise ValueError(f"config.kind = {kind!r}; expected 'train', 'table1' or 'demo'")
+    raise experiment.ConfigError(f"config.kind = {kind!r}; expected 'train', 'table1' or 'demo'")
 
 
 def demo(config, workdir) -> dict:
@@ -41,6 +41,10 @@ def demo(config, workdir) -> dict:
         return result
 
     d = config.demo
+    planned = config.copy_and_resolve_references()   # its training settings checked before any stage runs
+    with planned.unlocked():
+        planned.data.features = str(W / "features")
+    experiment.check_config(planned)
     manifest = stage("corpus", lambda: write_corpus(W / "demo", d.num_videos, d.seed))
     report = stage("features", lambda: _features(manifest, W / "features", d, config.progress))
     with config.unlocked():

@@ -384,6 +384,9 @@ def test_spearman_of_constant_or_short_inputs_is_nan():
     ({"search.num_trials": 2, "search.space": {"learning_rate": ("normal", 1e-3, 1e-2)}}, ValueError,
      r"search space entry 'learning_rate': unknown kind 'normal'"),
     ({"train.devices": 5}, ValueError, r"config\.train\.devices = 5: this run has 1 devices"),
+    ({"train.batch_size": 0}, ValueError, r"config\.train\.batch_size = 0: expected a number >= 1"),
+    ({"train.num_epochs": -3}, ValueError, r"config\.train\.num_epochs = -3: expected a number >= 1"),
+    ({"train.cpu_opt_level": 7}, ValueError, r"config\.train\.cpu_opt_level = 7: expected 0, 1, 2 or 3"),
     ({"data.features": "/nonexistent/popjax-features"}, FileNotFoundError,
      r"/nonexistent/popjax-features: no popjax features dataset"),
 ])
@@ -396,6 +399,18 @@ def test_bad_configs_fail_with_a_clear_message(features, tmp_path, overrides, er
         experiment.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()  # failed before training anything
 
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"train.batch_size": 0}, "config.train.batch_size = 0: expected a number >= 1"),
+    ({"data.features": "/nonexistent/popjax-features"}, "/nonexistent/popjax-features: no popjax features"),
+])
+def test_train_py_answers_a_bad_config_with_one_line_and_exit_2(features, tmp_path, override, message):
+    proc = subprocess.run(train_args("video_attention", tmp_path / "run", features, **override), cwd=REPO,
+                          env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 def test_unknown_table1_variant_fails_before_training(features, tmp_path):
     config = load_config("table1", features)
