@@ -87,7 +87,8 @@ def epoch_indices(n: int, batch_size: int, mesh, shuffle_seed: int | None = None
 def device_tables(arrays: Mapping[str, np.ndarray], mesh, rows: int | None = None) -> dict[str, jax.Array]:
     """A split's arrays (features kept float16) on every device of ``mesh``, once per ``fit``: each step then
     gathers its batch on the devices (``take_batch``), and the host sends nothing but indices. With ``rows``,
-    padded to that many rows by repeating the first (splits of one size share their compiled programs)."""
+    padded to that many rows by repeating the first (splits of one size share their compiled programs; a real
+    row, unlike zeros, has a non-empty headline, so padding predictions stay finite before they are dropped)."""
     arrays = dict(arrays)
     if rows is not None:
         arrays = {k: np.concatenate([v, np.repeat(v[:1], rows - len(v), axis=0)]) for k, v in arrays.items()}
