@@ -5,11 +5,11 @@ One JAX device (XLA's own intra-op threads), ``--dtype`` (fp32 or bf16), NHWC, b
 ``--calls`` calls after a warm-up; freed memory retained as the ``popjax`` command does (``--system-malloc``: not).
 Rows, besides XLA's own convolution:
 
-* ``winograd tile 2 / 4``: what popjax's ``Conv`` runs for 3x3 stride-1 layers (``resnet.winograd_tile``: fp32
+* ``winograd tile 2 / 4``: what popjax's ``Conv`` runs for 3x3 stride-1 layers (``cpu_conv.winograd_tile``: fp32
   tile 4, bf16 tile 2 at 28 px and below), Winograd F(2x2, 3x3) / F(4x4, 3x3) with
   the kernel transform done once outside the timed call, as ``Backbone`` does; counted at the direct
   convolution's FLOPs;
-* ``shifted`` (bf16): ``resnet.shifted_conv``, k^2 shifted bf16 dots with float32 results (popjax's strided
+* ``shifted`` (bf16): ``cpu_conv.shifted_conv``, k^2 shifted bf16 dots with float32 results (popjax's strided
   bf16 3x3 layers);
 * ``dot``: the 1x1 convolution as a dot (``PointwiseConv``; bf16: with a float32 result);
 * what one would try to route around a weak kernel: ``im2col`` (the 9 shifted copies concatenated on
@@ -86,7 +86,7 @@ def s2d_stem(x, w):
 
 def shifted(x, w, stride=1):
     """popjax's bf16 k x k convolution (``Conv``): k^2 shifted dots with float32 results."""
-    from popjax.models.resnet import shifted_conv
+    from popjax.ops.cpu_conv import shifted_conv
 
     p = w.shape[0] // 2
     return shifted_conv(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), w, (stride, stride)).astype(x.dtype)
@@ -95,7 +95,7 @@ def shifted(x, w, stride=1):
 def winograd(tile):
     """popjax's 3x3 stride-1 convolution (``Conv``): Winograd F(tile x tile, 3x3) with its transformed kernel U
     computed once outside the timed call, as ``Backbone`` does (``winograd_kernels``)."""
-    from popjax.models.resnet import winograd_conv3x3, winograd_kernel
+    from popjax.ops.cpu_conv import winograd_conv3x3, winograd_kernel
 
     def prepare(w):
         return winograd_kernel(w, tile, w.dtype)

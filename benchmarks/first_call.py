@@ -4,7 +4,7 @@ What ``popjax extract`` / ``predict`` / ``explain`` pay once per process before 
 rate (``report.json``'s ``first_call_seconds`` is this plus decoding the first videos):
 
 * the Winograd kernel transforms (``Backbone.inference_variables``), and U = G g G^T alone for every Winograd
-  layer as popjax computes it (one matrix product per layer, ``resnet.winograd_kernel``) and as the two-sided
+  layer as popjax computes it (one matrix product per layer, ``cpu_conv.winograd_kernel``) and as the two-sided
   product G g G^T (what it replaced);
 * the forward pass: trace, lowering, XLA compilation, the first run, and the steady run (median of ``--calls``).
 
@@ -56,7 +56,7 @@ def main() -> None:
     from popjax import parallel
     from popjax.backbone import Backbone
     from popjax.extract import frames_per_call
-    from popjax.models.resnet import WINOGRAD, winograd_kernel
+    from popjax.ops.cpu_conv import WINOGRAD, winograd_kernel
 
     env = environment()
     dtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[args.dtype]

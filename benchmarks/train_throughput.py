@@ -29,7 +29,7 @@ latency, and a biLSTM micro-benchmark of ways to run the recurrence. Synthetic d
    full runs also time ``Backbone.features`` on the same frames.
 4. biLSTM micro-benchmark: ``value_and_grad`` of the biLSTM encoder alone (same sizes): flax's
    ``nn.RNN(OptimizedLSTMCell)`` (the input projection inside the scan; with ``unroll``), as popjax runs it
-   (``popjax.models.lstm``: hand-written backward pass; also under ``jax.vmap`` and with half the padded length),
+   (``popjax.ops.lstm``: hand-written backward pass; also under ``jax.vmap`` and with half the padded length),
    and plain-JAX restructurings left to autodiff: input projection in the scan, all time steps' input
    projections in one matmul outside the scan, and that plus both directions in one scan; each checked against
    the flax loss and gradients; interleaved rounds; torch nn.LSTM (packed) for reference.
@@ -480,14 +480,16 @@ def lstm_micro(args) -> dict:
     mask = (jnp.arange(T)[None] < lengths[:, None])[..., None]
 
     from popjax.models.lstm import LSTM
+    from popjax.ops.lstm import lstm
 
-    class PopjaxBiLSTM(nn.Module):   # what popjax.models.HeadlineEncoder runs (hand-written backward pass)
+    class PopjaxBiLSTM(nn.Module):   # what training's HeadlineEncoder runs (hand-written backward pass)
         @nn.compact
         def __call__(self, w, lengths):
-            (hf, of), (hb, ob) = LSTM(H, name="forward")(w, lengths), LSTM(H, reverse=True, name="backward")(w, lengths)
+            (hf, of), (hb, ob) = (LSTM(H, recurrence=lstm, name="forward")(w, lengths),
+                                  LSTM(H, reverse=True, recurrence=lstm, name="backward")(w, lengths))
             return jnp.concatenate([of, ob], -1), jnp.concatenate([hf, hb], -1)
 
-    class FlaxBiLSTM(nn.Module):   # flax's own RNN (popjax's encoder until 2026-11-29); the same parameter tree
+    class FlaxBiLSTM(nn.Module):   # flax's own RNN; the same parameter tree
         unroll: int = 1
 
         @nn.compact
@@ -565,9 +567,9 @@ def lstm_micro(args) -> dict:
     for unroll in args.lstm_unrolls:
         variants[f"flax nn.RNN(OptimizedLSTMCell), unroll={unroll}"] = (
             "flax", lambda p, u=unroll: loss_of(*FlaxBiLSTM(unroll=u).apply({"params": p}, x, lengths)))
-    variants["popjax.models.lstm (hand-written backward)"] = (
+    variants["popjax.ops.lstm (hand-written backward)"] = (
         "flax", lambda p: loss_of(*PopjaxBiLSTM().apply({"params": p}, x, lengths)))
-    variants["popjax.models.lstm, under jax.vmap (1 trial)"] = (
+    variants["popjax.ops.lstm, under jax.vmap (1 trial)"] = (
         "vmap", lambda p: jax.vmap(lambda q: loss_of(*PopjaxBiLSTM().apply({"params": q}, x, lengths)))(p).sum())
     variants["flax nn.RNN, under jax.vmap (1 trial)"] = (
         "vmap", lambda p: jax.vmap(lambda q: loss_of(*FlaxBiLSTM().apply({"params": q}, x, lengths)))(p).sum())
@@ -579,7 +581,7 @@ def lstm_micro(args) -> dict:
         o, h = PopjaxBiLSTM().apply({"params": p}, x_half, len_half)
         return jnp.sum(jnp.where(mask_half, o, 0.0) * cot_half) + jnp.sum(h * cot_last)
 
-    variants[f"popjax.models.lstm, T={half} instead of {T} (cost vs padded length)"] = ("short", short)
+    variants[f"popjax.ops.lstm, T={half} instead of {T} (cost vs padded length)"] = ("short", short)
     variants["plain JAX, projection in scan"] = ("plain", lambda p: loss_of(*plain(p, x, lengths, False, False)))
     for unroll in args.lstm_unrolls:
         variants[f"precomputed projection, unroll={unroll}"] = (

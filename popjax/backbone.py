@@ -14,8 +14,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from popjax import parallel
-from popjax.models.resnet import ResNet50, cpu_kernels, winograd_kernels
+from popjax.models.resnet import ResNet50
+from popjax.ops import cpu_conv
 from popjax.weights import FORMAT_VERSION, PREPROCESSING, load_backbone
+
+KERNELS = ("auto", "cpu", "xla")
+
+
+def cpu_kernels(kernels: str = "auto") -> bool:
+    """Whether a backbone computes its layers in ``popjax.ops.cpu_conv``'s forms (Winograd, shifted and
+    pointwise products, bf16 max pool) rather than XLA's own: ``"auto"``, only when JAX runs on the CPU;
+    ``"cpu"`` / ``"xla"``: always / never."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels = {kernels!r}: expected one of {KERNELS}")
+    return jax.default_backend() == "cpu" if kernels == "auto" else kernels == "cpu"
+
+
+def resnet50(kernels: str = "auto", **kwargs):
+    """``ResNet50(**kwargs)`` with the layers ``kernels`` selects (``cpu_kernels``); same parameters either way."""
+    if cpu_kernels(kernels):
+        kwargs.update(conv=cpu_conv.conv, max_pool=cpu_conv.max_pool)
+    return ResNet50(**kwargs)
 
 
 def preprocess(frames, spec: Mapping[str, Any], image_size: int = 224):
@@ -47,17 +66,16 @@ class Backbone:
     over this process's devices.
 
     ``dtype``: float32 (true float32 on every platform) or bfloat16 (the fast path). ``kernels``: the
-    convolution forms (``popjax.models.resnet.KERNELS``; ``"auto"``: rewritten for XLA:CPU on the CPU only).
+    layers' forms (``KERNELS``; ``"auto"``: ``popjax.ops.cpu_conv``'s on the CPU, XLA's own elsewhere).
     """
 
     def __init__(self, variables: Mapping, metadata: Mapping, *, dtype=jnp.float32, batch_size: int = 32,
                  mesh=None, buckets: Sequence[int] | None = None, kernels: str = "auto"):
         self.metadata = dict(metadata)
         self.dtype = jnp.dtype(dtype)
-        cpu_kernels(kernels)   # a bad value fails here, not at the first call
         self.kernels = kernels
-        self.model = ResNet50(variant=self.metadata["variant"], num_classes=self.metadata["num_classes"],
-                              dtype=self.dtype, kernels=kernels)
+        self.model = resnet50(kernels, variant=self.metadata["variant"], num_classes=self.metadata["num_classes"],
+                              dtype=self.dtype)
         self.mesh = mesh if mesh is not None else parallel.local_mesh()
         self.batch_size = parallel.round_up(batch_size, self.mesh.size)
         # The padded sizes of calls below batch_size (``()``: every call is a full batch, one program).
@@ -85,7 +103,7 @@ class Backbone:
         outputs 0 and the network sees only ~11-pixel patches; at 1 a random network mixes local evidence away;
         the demo's small value keeps a planted cue learnable while seeing the whole frame.
         """
-        model = ResNet50(variant=variant, residual_scale_init=residual_scale_init)
+        model = resnet50(kwargs.get("kernels", "auto"), variant=variant, residual_scale_init=residual_scale_init)
         variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))
         metadata = {"format_version": FORMAT_VERSION, "arch": "resnet50", "variant": variant, "num_classes": 0,
                     "image_size": 224,
@@ -120,10 +138,12 @@ class Backbone:
 
     @functools.cached_property
     def inference_variables(self) -> dict:
-        """What inference runs on: the variables plus the Winograd layers' transformed kernels, computed on
-        first use (~0.5 s, mostly tracing the model; a backbone only calibrated or saved never needs them)."""
+        """What inference runs on: the variables plus, with the CPU layers, the Winograd layers' transformed
+        kernels, computed on first use (a backbone only calibrated or saved never needs them)."""
+        if not cpu_kernels(self.kernels):
+            return self.variables
         return {**self.variables, **jax.device_put(
-            winograd_kernels(self.model, self.variables, self.metadata["image_size"]),
+            cpu_conv.winograd_kernels(self.model, self.variables, self.metadata["image_size"]),
             parallel.replicated(self.mesh))}
 
     def preprocess(self, frames):

@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from popjax import metrics, parallel
 from popjax.models import build_model
+from popjax.ops import lstm as ops_lstm
 
 # Hyperparameters that change parameter shapes or structure (one compiled program per value) ...
 STATIC_KEYS = ("modality", "frame_pooling", "headline_pooling", "frame_embed_dim", "frame_attention_dim",
@@ -113,7 +114,8 @@ def make_model(static: Mapping[str, Any], vocab_size: int, word_dim: int, hp: Ma
         vocab_size=vocab_size, word_dim=word_dim, frame_embed_dim=static["frame_embed_dim"],
         frame_attention_dim=static["frame_attention_dim"], lstm_hidden=static["lstm_hidden"],
         word_attention_dim=static["word_attention_dim"], head_hidden=static["head_hidden"],
-        batch_norm=static["batch_norm"], input_dropout=hp.get("input_dropout", 0.0), dropout=hp.get("dropout", 0.0))
+        batch_norm=static["batch_norm"], input_dropout=hp.get("input_dropout", 0.0), dropout=hp.get("dropout", 0.0),
+        recurrence=ops_lstm.lstm)
 
 
 def _adamw_cosine(learning_rate, weight_decay, *, total_steps: int, warmup_steps: int):

@@ -3,8 +3,8 @@
 Words w_t are looked up in a frozen table (pre-trained GloVe), kept in the ``frozen`` variable collection so
 that it is checkpointed with the model but never seen by the optimizer. A bidirectional LSTM gives
 h_t = [h_t^fwd; h_t^bwd]. Padded, variable-length headlines are handled exactly: the backward LSTM reads
-each headline's own last word first, padding never enters a state (``popjax.models.lstm``: the recurrence
-with a hand-written backward pass, parameters laid out as flax's ``OptimizedLSTMCell``).
+each headline's own last word first, padding never enters a state (``popjax.models.lstm``; ``recurrence``
+computes its loop, parameters laid out as flax's ``OptimizedLSTMCell``).
 
 Pooling: ``last`` (paper's baseline, [11]): d = [h_T^fwd; h_1^bwd], the final states of both directions;
 ``attention``: d = sum_t beta_t h_t with the two-layer attention of ``pooling.Attention`` (beta sown as
@@ -14,10 +14,12 @@ importance can be taken with ``jax.grad``.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from popjax.models.lstm import LSTM
+from popjax.models.lstm import LSTM, lstm_scan
 from popjax.models.pooling import Attention
 
 
@@ -27,6 +29,7 @@ class HeadlineEncoder(nn.Module):
     hidden: int = 128
     pooling: str = "attention"
     attention_dim: int = 128
+    recurrence: Callable = lstm_scan   # popjax.models.LSTM's
 
     @nn.compact
     def __call__(self, tokens, lengths):
@@ -37,8 +40,8 @@ class HeadlineEncoder(nn.Module):
         w = jnp.take(table.value, tokens, axis=0)  # w_t
         w = self.perturb("word_vectors", w)
         mask = jnp.arange(tokens.shape[-1]) < lengths[..., None]
-        h_fwd_last, h_fwd = LSTM(self.hidden, name="forward")(w, lengths)
-        h_bwd_last, h_bwd = LSTM(self.hidden, reverse=True, name="backward")(w, lengths)
+        h_fwd_last, h_fwd = LSTM(self.hidden, recurrence=self.recurrence, name="forward")(w, lengths)
+        h_bwd_last, h_bwd = LSTM(self.hidden, reverse=True, recurrence=self.recurrence, name="backward")(w, lengths)
         if self.pooling == "last":
             d = jnp.concatenate([h_fwd_last, h_bwd_last], axis=-1)
             return jnp.where((lengths > 0)[..., None], d, 0.0)

@@ -12,13 +12,14 @@ plugged into a multimodal parameter tree by plain dictionary surgery (``popjax.t
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from popjax.models.headline import HeadlineEncoder
+from popjax.models.lstm import lstm_scan
 from popjax.models.pooling import Standardize, frame_pooling
 
 MODALITIES = ("video", "headline", "multimodal")
@@ -85,7 +86,8 @@ def build_model(modality: str, *, frame_pooling_kind: str = "attention", headlin
                 vocab_size: int = 2, word_dim: int = 50, frame_embed_dim: int = 256,
                 frame_attention_dim: int = 128, lstm_hidden: int = 128, word_attention_dim: int = 128,
                 head_hidden: int = 128,
-                input_dropout: float = 0.0, dropout: float = 0.0, batch_norm: bool = False) -> PopularityModel:
+                input_dropout: float = 0.0, dropout: float = 0.0, batch_norm: bool = False,
+                recurrence: Callable = lstm_scan) -> PopularityModel:
     """One Table-1 model from plain hyperparameters (configs map onto these arguments)."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
@@ -93,6 +95,6 @@ def build_model(modality: str, *, frame_pooling_kind: str = "attention", headlin
     headline = None
     if modality != "video":
         headline = HeadlineEncoder(vocab_size=vocab_size, word_dim=word_dim, hidden=lstm_hidden,
-                                   pooling=headline_pooling, attention_dim=word_attention_dim)
+                                   pooling=headline_pooling, attention_dim=word_attention_dim, recurrence=recurrence)
     head = Head(hidden=head_hidden, input_dropout=input_dropout, dropout=dropout, batch_norm=batch_norm)
     return PopularityModel(head=head, video_encoder=video, headline_encoder=headline)

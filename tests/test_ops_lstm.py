@@ -1,4 +1,5 @@
-"""popjax.models.lstm (hand-written backward pass) against flax's nn.RNN(OptimizedLSTMCell) and finite differences."""
+"""popjax.ops.lstm (the recurrence with a hand-written backward pass) and popjax.models.LSTM against flax's
+nn.RNN(OptimizedLSTMCell), JAX's own differentiation of the plain loop, and finite differences."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,14 +7,15 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from popjax.models.lstm import LSTM, lstm
+from popjax.models.lstm import LSTM, lstm_scan
+from popjax.ops.lstm import lstm
 
 B, T, D, H = 5, 7, 6, 4
 LENGTHS = np.array([7, 4, 1, 0, 3])
 
 
 class FlaxBiLSTM(nn.Module):
-    """The reference: flax's own RNN over OptimizedLSTMCell with seq_lengths (popjax's encoder until 2026-11-29)."""
+    """The reference: flax's own RNN over OptimizedLSTMCell with seq_lengths."""
 
     @nn.compact
     def __call__(self, x, lengths):
@@ -25,9 +27,12 @@ class FlaxBiLSTM(nn.Module):
 
 
 class PopjaxBiLSTM(nn.Module):
+    recurrence: object = lstm   # the hand-written backward pass; lstm_scan: JAX differentiates the loop
+
     @nn.compact
     def __call__(self, x, lengths):
-        return LSTM(H, name="forward")(x, lengths), LSTM(H, reverse=True, name="backward")(x, lengths)
+        return (LSTM(H, recurrence=self.recurrence, name="forward")(x, lengths),
+                LSTM(H, reverse=True, recurrence=self.recurrence, name="backward")(x, lengths))
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +63,11 @@ def valid(o):
     return jnp.where((np.arange(T)[None] < LENGTHS[:, None])[..., None], o, 0.0)
 
 
-def test_outputs_and_gradients_match_flax_rnn(case):
+@pytest.mark.parametrize("recurrence", [lstm, lstm_scan], ids=["custom_vjp", "scan"])
+def test_outputs_and_gradients_match_flax_rnn(case, recurrence):
     x, lengths, variables, cot = case
     ref = FlaxBiLSTM().apply(variables, x, lengths)
-    ours = PopjaxBiLSTM().apply(variables, x, lengths)
+    ours = PopjaxBiLSTM(recurrence).apply(variables, x, lengths)
     has = LENGTHS > 0
     for (hr, outr), (ho, outo) in zip(ref, ours):
         np.testing.assert_allclose(ho[has], hr[has], rtol=1e-5, atol=1e-6)
@@ -78,12 +84,25 @@ def test_outputs_and_gradients_match_flax_rnn(case):
         return jax.value_and_grad(f, argnums=(0, 1))
 
     (v_ref, g_ref) = loss(FlaxBiLSTM(), True)(variables["params"], x)
-    (v, g) = jax.jit(loss(PopjaxBiLSTM(), False))(variables["params"], x)
+    (v, g) = jax.jit(loss(PopjaxBiLSTM(recurrence), False))(variables["params"], x)
     np.testing.assert_allclose(v, v_ref, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     dx = np.asarray(g[1])
     assert np.all(dx[np.arange(T)[None] >= LENGTHS[:, None]] == 0)   # padding words get no gradient
+
+
+def test_custom_gradient_is_autodiff_of_the_plain_loop():
+    """The hand-written backward pass gives what JAX computes by differentiating ``lstm_scan``, and the same
+    forward values, for every argument."""
+    rng = np.random.default_rng(3)
+    args = [jnp.asarray(rng.normal(size=s).astype(np.float32) * 0.5) for s in [(T, B, D), (D, 4 * H), (H, 4 * H), (4 * H,)]]
+    cot = jnp.asarray(rng.normal(size=(T, B, H)).astype(np.float32))
+    np.testing.assert_array_equal(lstm(*args), lstm_scan(*args))
+    ours = jax.grad(lambda *a: jnp.sum(lstm(*a) * cot), argnums=(0, 1, 2, 3))(*args)
+    plain = jax.grad(lambda *a: jnp.sum(lstm_scan(*a) * cot), argnums=(0, 1, 2, 3))(*args)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_custom_gradient_matches_finite_differences():
