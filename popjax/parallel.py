@@ -17,9 +17,9 @@ DATA = "data"
 def use_all_cpu_cores() -> None:
     """Make one JAX CPU device per core, if nothing chose a count already; call before JAX starts.
 
-    XLA runs one program on a CPU device with intra-op threads that keep ~1.8 of 2 cores busy; splitting
-    the batch over one device per core keeps both busy (ResNet50: 16.5 -> 19 images/s on 2 cores, see
-    benchmarks/RESULTS.md). Accelerators are unaffected: ``jax.devices()`` still lists them first.
+    XLA runs one program on a CPU device with intra-op threads that leave part of the cores idle; splitting
+    the batch over one device per core keeps them all busy (ResNet50's rate: ``benchmarks/RESULTS.md``).
+    Accelerators are unaffected: ``jax.devices()`` still lists them first.
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return

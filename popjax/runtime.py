@@ -62,12 +62,11 @@ def retain_freed_memory(default: bool = True) -> bool:
     no mmap'ed chunks, no trimming of the heap).
 
     XLA:CPU allocates the large buffers of a program afresh on every call. With glibc's defaults they are
-    mapped and unmapped each time, so every call page-faults them in again: ResNet50 on 32 frames on 2 cores
-    took 90k-139k page faults and 0.17-0.26 s of system time per call; with the heap kept, 7k-30k and
-    0.01-0.05 s, and ``Backbone.features`` runs at 20.7 instead of 19.2 frames/s in fp32, 33.5 instead of 30.8
-    in bf16 (``benchmarks/RESULTS.md``). The price: the process keeps its peak heap until it exits, and
-    compiling is 15-25% slower (XLA's compiler threads share the one arena), which is why ``train.py``, which
-    compiles many small programs and runs no ResNet50 outside the demo, leaves it off.
+    mapped and unmapped each time, so every call page-faults them in again, in system time; with the heap
+    kept, far fewer faults and a faster ``Backbone.features`` (``benchmarks/RESULTS.md``). The price: the
+    process keeps its peak heap until it exits, and compiling is slower (XLA's compiler threads share the one
+    arena), which is why ``train.py``, which compiles many small programs and runs no ResNet50 outside the
+    demo, leaves it off.
 
     Call it before threads start (arenas already made stay in use). ``POPJAX_RETAIN_MEMORY=1`` / ``0`` turns it
     on / off whatever ``default`` says. Returns whether it applied (glibc only).
@@ -84,8 +83,8 @@ def retain_freed_memory(default: bool = True) -> bool:
 
 
 def enable_compilation_cache(directory=None) -> Path | None:
-    """Keep compiled XLA programs on disk, so that the next run skips compiling them (the demo's Table-1
-    stage: 152 -> 120 s; a random backbone's init + calibration + first call: ~14 s of compilation).
+    """Keep compiled XLA programs on disk, so that the next run skips compiling them (most of the demo's
+    Table-1 stage and of a random backbone's first seconds are compilation).
 
     The directory is ``directory``, else ``$POPJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/popjax/jax``
     (``~/.cache/popjax/jax``); ``POPJAX_CACHE_DIR=`` (empty) turns the cache off. A cache that JAX was

@@ -45,7 +45,7 @@ class Explainer:
             frames = np.asarray(frames)
             frames = np.concatenate([frames, np.repeat(frames[-1:], len(headlines) - n, axis=0)])
             # Frames split over the backbone's devices (videos, else the frames of a video): each device
-            # computes its share instead of all of them computing everything (2x on a 2-core CPU).
+            # computes its share instead of all of them computing everything.
             frames = jax.device_put(frames, parallel.split_sharding(self.trained.backbone.mesh, frames.shape, (0, 1)))
         out = self._fns[gradients](bb_vars, self.trained.variables, frames, tokens, lengths)
         out = {k: np.asarray(v)[:n] for k, v in out.items()}
