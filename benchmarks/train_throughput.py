@@ -233,7 +233,7 @@ def head_only_rate(args) -> dict:
     rng = np.random.default_rng(0)
     e = jnp.asarray(rng.standard_normal((BATCH, 512)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 2, BATCH), jnp.int32)
-    head = Head(hidden=128, input_dropout=HP["input_dropout"], dropout=HP["dropout"])
+    head = Head(head_hidden=128, input_dropout=HP["input_dropout"], dropout=HP["dropout"])
     params = head.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, e, train=True)["params"]
     tx = training.make_optimizer(params, total_steps=100_000, warmup_steps=100, learning_rate=HP["learning_rate"],
                                  weight_decay=HP["weight_decay"])
@@ -389,7 +389,7 @@ def gradcam(args) -> dict:
     t = time.perf_counter()
     bb = Backbone.random(0, batch_size=N_FRAMES)
     vocab, dim = 1000, 50
-    model = build_model("multimodal", frame_pooling_kind="attention", headline_pooling="attention",
+    model = build_model(dict(modality="multimodal", frame_pooling="attention", headline_pooling="attention"),
                         vocab_size=vocab, word_dim=dim)
     rng = np.random.default_rng(0)
     table = (0.3 * rng.standard_normal((vocab, dim))).astype(np.float32)
@@ -414,7 +414,7 @@ def gradcam(args) -> dict:
         placements = dict([list(placements.items())[-1]])
     out = {"setup_s": round(setup_s, 1), "backbone": bb.description, "local_devices": mesh.size,
            "placements": {"replicated": "Backbone variables replicated over all local devices, host frames: the "
-                                        "whole computation runs on every device (popjax explain before 2026-11-29)",
+                                        "whole computation runs on every device",
                           "1 device": "the variables on one device",
                           "explain (split)": "as popjax explain: variables replicated, the frames split over the "
                                              "devices (videos if they divide evenly, else the frames of each video; "
@@ -480,13 +480,13 @@ def lstm_micro(args) -> dict:
     mask = (jnp.arange(T)[None] < lengths[:, None])[..., None]
 
     from popjax.models.lstm import LSTM
-    from popjax.ops.lstm import lstm
+    from popjax.ops.lstm import lstm as custom_vjp_lstm
 
     class PopjaxBiLSTM(nn.Module):   # what training's HeadlineEncoder runs (hand-written backward pass)
         @nn.compact
         def __call__(self, w, lengths):
-            (hf, of), (hb, ob) = (LSTM(H, recurrence=lstm, name="forward")(w, lengths),
-                                  LSTM(H, reverse=True, recurrence=lstm, name="backward")(w, lengths))
+            (hf, of), (hb, ob) = (LSTM(H, recurrence=custom_vjp_lstm, name="forward")(w, lengths),
+                                  LSTM(H, reverse=True, recurrence=custom_vjp_lstm, name="backward")(w, lengths))
             return jnp.concatenate([of, ob], -1), jnp.concatenate([hf, hb], -1)
 
     class FlaxBiLSTM(nn.Module):   # flax's own RNN; the same parameter tree

@@ -9,19 +9,17 @@ from configs import table1
 def get_config():
     config = table1.get_config()
     config.kind = "demo"
-    config.demo = dict(num_videos=320, seed=0, weights="", batch_size=32, dtype="float32", explain_examples=3)
     # Small, fast settings for a 2-core laptop: search only the numbers that share one compiled program.
     config.search.num_trials = 6
     config.search.space = dict(
         learning_rate=("log_uniform", 3e-4, 3e-3), weight_decay=("log_uniform", 1e-5, 1e-3),
         input_dropout=("uniform", 0.0, 0.3), dropout=("uniform", 0.0, 0.5))
-    config.search.train = dict(num_epochs=30)
+    config.search.num_epochs = 30
     config.train.num_seeds = 3
     config.train.batch_size = 32
     config.train.num_epochs = 40
     config.train.patience = 12
-    # Its 32-example batches train faster unsplit: on a 2-core CPU (one JAX device per core) the Table-1
-    # stage takes 124 s on one device vs 143 s on two, with the same table.
+    # Its 32-example batches train faster unsplit than split over a 2-core CPU's two JAX devices (same table).
     config.train.devices = 1
     # Its programs compile for longer than they run: with LLVM's -O1 the Table-1 stage compiles faster
     # and trains at about the same steps/s (benchmarks/fit_steps.py --cpu-opt-level 2 1, benchmarks/RESULTS.md).

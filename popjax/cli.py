@@ -213,9 +213,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Accepted ranges of numeric arguments, checked before anything runs: (low, high), None = unbounded.
+# --num-frames: the frames sampled per video (paper: 18); more than a few hundred only repeats decoded frames.
+RANGES = {"num_frames": (1, 1024), "seconds": (1e-3, 3600.0), "size": (1, 4096), "max_words": (1, 4096),
+          "workers": (0, None), "batch_size": (0, None), "videos": (1, None)}
+
+
+def _check_ranges(parser, args) -> None:
+    for field, (low, high) in RANGES.items():
+        value = getattr(args, field, None)
+        if value is None:
+            continue
+        if field == "batch_size" and args.command == "predict":
+            low = 1
+        if value < low or (high is not None and value > high):
+            flag = "--" + field.replace("_", "-")
+            parser.error(f"{flag} = {value}: expected {low} .. {high}" if high is not None
+                         else f"{flag} = {value}: expected >= {low}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_ranges(parser, args)
     if args.command == "explain" and not (args.video or (args.manifest and args.row)):
         parser.error("explain needs --video (and --headline) or --manifest and --row")
     if args.command == "extract":

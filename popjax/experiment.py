@@ -20,28 +20,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from popjax import files, parallel, search, training
+from popjax import files, models, parallel, search, training
 from popjax.data import dataset
 
-# The six rows of the paper's Table 1: model settings, and for multimodal rows the unimodal rows whose
-# trained encoders they combine.
-VARIANTS = {
-    "video_mean": {"modality": "video", "frame_pooling": "mean"},
-    "video_attention": {"modality": "video", "frame_pooling": "attention"},
-    "headline_lstm": {"modality": "headline", "headline_pooling": "last"},
-    "headline_attention": {"modality": "headline", "headline_pooling": "attention"},
-    "multimodal": {"modality": "multimodal", "frame_pooling": "mean", "headline_pooling": "last"},
-    "multimodal_attention": {"modality": "multimodal", "frame_pooling": "attention", "headline_pooling": "attention"},
-}
-ENCODER_SOURCES = {"multimodal": ("video_mean", "headline_lstm"),
-                   "multimodal_attention": ("video_attention", "headline_attention")}
-PAPER_TABLE1 = {  # accuracy %, Spearman, on the paper's 37k Facebook videos
-    "video_mean": (68.17, 0.524), "video_attention": (68.87, 0.526), "headline_lstm": (69.47, 0.542),
-    "headline_attention": (68.70, 0.525), "multimodal": (71.94, 0.612), "multimodal_attention": (72.72, 0.607)}
-FRAME_POOLINGS = ("mean", "attention")
-HEADLINE_POOLINGS = ("last", "attention")
-VIDEO_KEYS = ("frame_pooling", "frame_embed_dim", "frame_attention_dim")
-HEADLINE_KEYS = ("headline_pooling", "lstm_hidden", "word_attention_dim")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -133,6 +114,7 @@ def train_and_evaluate(config, workdir) -> dict:
     fit_kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
                       train_cfg=config.train.to_dict(), progress=config.get("progress", True))
     base = {**config.model.to_dict(), **config.hparams.to_dict(), "seed": config.train.first_seed}
+    static_keys = tuple(config.model.keys())
 
     encoders, freeze = None, ()
     if modality == "multimodal":
@@ -143,14 +125,15 @@ def train_and_evaluate(config, workdir) -> dict:
     chosen = base
     if config.search.num_trials > 0:
         chosen = _search(config, workdir, base, data, encoders, freeze, fit_kwargs,
-                         fixed=fixed if encoders else {})
+                         fixed=fixed if encoders else {}, static_keys=static_keys)
     seeds = [{**chosen, "seed": config.train.first_seed + k} for k in range(config.train.num_seeds)]
-    fit = training.fit(data["splits"], search.static_part(chosen), seeds, workdir=workdir,
+    static = search.static_part(chosen, static_keys)
+    fit = training.fit(data["splits"], static, seeds, workdir=workdir,
                        encoders=encoders, freeze=freeze,
                        log=_logger(workdir / "log.jsonl"), **fit_kwargs)
     t = fit.select()
     variables = {**fit.trial_variables(t), "frozen": data["frozen"]}
-    info = {"static": search.static_part(chosen), "hparams": seeds[t], "vocab_size": data["vocab_size"],
+    info = {"static": static, "hparams": seeds[t], "vocab_size": data["vocab_size"],
             "word_dim": data["word_dim"], "features": str(Path(config.data.features).absolute()),
             "backbone": data["meta"].get("backbone"), "val": fit.val[t], "test": fit.test[t],
             "best_epoch": fit.best_epoch[t]}
@@ -170,17 +153,26 @@ class ConfigError(ValueError):
 
 def check_config(config) -> None:
     """Fail fast, before any data is read or anything trained, on settings that cannot work (``ConfigError``)."""
-    from popjax.models import MODALITIES
-
     m = config.model
-    if m.modality not in MODALITIES:
-        raise ConfigError(f"config.model.modality = {m.modality!r}: unknown modality; expected one of {MODALITIES}")
-    if m.modality != "headline" and m.frame_pooling not in FRAME_POOLINGS:
+    known = models.model_settings()
+    for section, allowed in (("model", known), ("hparams", known | set(training.OPTIMIZER_SETTINGS))):
+        for field in config[section].keys():
+            if field not in allowed:
+                raise ConfigError(f"config.{section}.{field}: no module of popjax.models (nor the optimizer) takes "
+                                  f"this setting; known: {sorted(allowed)}")
+    for field, value in config.hparams.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config.hparams.{field} = {value!r}: expected a number (trials are vmapped over "
+                              "hparams; settings that change the model's structure go in config.model)")
+    if m.modality not in models.MODALITIES:
+        raise ConfigError(f"config.model.modality = {m.modality!r}: unknown modality; expected one of "
+                          f"{models.MODALITIES}")
+    if m.modality != "headline" and m.frame_pooling not in models.FRAME_POOLINGS:
         raise ConfigError(f"config.model.frame_pooling = {m.frame_pooling!r}: unknown frame pooling; "
-                          f"expected one of {FRAME_POOLINGS}")
-    if m.modality != "video" and m.headline_pooling not in HEADLINE_POOLINGS:
+                          f"expected one of {tuple(models.FRAME_POOLINGS)}")
+    if m.modality != "video" and m.headline_pooling not in models.HEADLINE_POOLINGS:
         raise ConfigError(f"config.model.headline_pooling = {m.headline_pooling!r}: unknown headline pooling; "
-                          f"expected one of {HEADLINE_POOLINGS}")
+                          f"expected one of {models.HEADLINE_POOLINGS}")
     if not config.data.features:
         raise ConfigError("config.data.features is empty: point it at a dataset made by `popjax extract`")
     t = config.train
@@ -196,6 +188,9 @@ def check_config(config) -> None:
     try:
         if config.search.num_trials > 0:
             search.check_space(config.search.space.to_dict())
+            stray = sorted(set(config.search.space.keys()) - set(config.model.keys()) - set(config.hparams.keys()))
+            if stray:
+                raise ValueError(f"config.search.space: {stray} are neither config.model nor config.hparams fields")
         parallel.training_mesh(t.get("devices", 0))   # raises on an impossible device count
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -215,23 +210,25 @@ def _trained_encoders(config, workdir) -> tuple[dict, dict]:
                 train_and_evaluate(sub, src)
         sources[kind] = src
     encoders, fixed = {}, {}
-    for kind, keys in (("video", VIDEO_KEYS), ("headline", HEADLINE_KEYS)):
+    for kind in ("video", "headline"):
         _, variables, info = load_model(sources[kind])
         name = f"{kind}_encoder"
         encoders[name] = variables["params"].get(name, {})
-        fixed.update({k: info["static"][k] for k in keys})
+        fixed.update({k: v for k, v in info["static"].items() if k in models.encoder_settings(kind)})
     return encoders, fixed
 
 
-def _search(config, workdir, base, data, encoders, freeze, fit_kwargs, fixed) -> dict:
+def _search(config, workdir, base, data, encoders, freeze, fit_kwargs, fixed, static_keys) -> dict:
     path = workdir / "search.json"
     if path.is_file():
         return json.loads(path.read_text())["best"]
     trials = search.sample_trials(base, config.search.space.to_dict(), config.search.num_trials, config.search.seed)
     trials = [{**tr, **fixed} for tr in trials]  # plugged encoders fix their own sizes
-    cfg = {**fit_kwargs, "train_cfg": {**fit_kwargs["train_cfg"], **config.search.get("train", {})}}
-    results = search.run_trials(trials, data["splits"], workdir=workdir / "search", encoders=encoders,
-                                freeze=freeze, **cfg)
+    train_cfg = dict(fit_kwargs["train_cfg"])
+    if config.search.num_epochs:
+        train_cfg["num_epochs"] = config.search.num_epochs
+    results = search.run_trials(trials, data["splits"], static_keys=static_keys, workdir=workdir / "search",
+                                encoders=encoders, freeze=freeze, **{**fit_kwargs, "train_cfg": train_cfg})
     best = search.best_trial(results)
     write_json(path, {"best": best, "trials": results})
     return best
@@ -250,26 +247,31 @@ def _seed_summary(fit: training.FitResult) -> dict:
 
 # --------------------------------------------------------------------------------------------- Table 1
 def table1(config, workdir) -> dict:
-    """All six variants (search + seeds each) and ``table1.md`` / ``table1.json`` beside the paper's numbers."""
+    """The rows of ``config.table1.rows`` named in ``config.table1.variants`` (search + seeds each), and
+    ``table1.md`` / ``table1.json`` beside the paper's numbers. A row is ``{"model": settings over
+    config.model, "encoders": (video row, headline row) for multimodal rows, "paper": (accuracy %, Spearman)}``."""
     workdir = Path(workdir)
-    unknown = [name for name in config.variants if name not in VARIANTS]
+    rows_cfg, variants = config.table1.rows, tuple(config.table1.variants)
+    unknown = [name for name in variants if name not in rows_cfg]
     if unknown:  # before training anything
-        raise ConfigError(f"config.variants: unknown Table-1 variant(s) {unknown}; expected some of {list(VARIANTS)}")
+        raise ConfigError(f"config.table1.variants: unknown Table-1 row(s) {unknown}; expected some of "
+                          f"{list(rows_cfg)}")
     rows = []
-    for name in config.variants:
+    for name in variants:
         sub = config.copy_and_resolve_references()
         with sub.unlocked():
-            sub.model.update(VARIANTS[name])
-            if name in ENCODER_SOURCES:
-                video, headline = ENCODER_SOURCES[name]
-                sub.multimodal.video_workdir = str(workdir / video) if video in config.variants else ""
-                sub.multimodal.headline_workdir = str(workdir / headline) if headline in config.variants else ""
+            sub.model.update(rows_cfg[name].model)
+            if rows_cfg[name].get("encoders"):
+                video, headline = rows_cfg[name].encoders
+                sub.multimodal.video_workdir = str(workdir / video) if video in variants else ""
+                sub.multimodal.headline_workdir = str(workdir / headline) if headline in variants else ""
         result = _cached_metrics(workdir / name) or train_and_evaluate(sub, workdir / name)
         s = result["seeds"]
         rows.append({"variant": name, "accuracy": s["test_accuracy_mean"], "accuracy_std": s["test_accuracy_std"],
                      "spearman": s["test_spearman_mean"], "spearman_std": s["test_spearman_std"],
                      "seeds": len(s["seed"])})
-    table = {"rows": rows, "paper": {k: {"accuracy": a / 100, "spearman": r} for k, (a, r) in PAPER_TABLE1.items()}}
+    table = {"rows": rows, "paper": {k: {"accuracy": row.paper[0] / 100, "spearman": row.paper[1]}
+                                     for k, row in rows_cfg.items() if row.get("paper")}}
     write_json(workdir / "table1.json", table)
     write_text(workdir / "table1.md", format_table1(table))
     return table

@@ -1,6 +1,6 @@
 """Random hyperparameter search on validation (paper Sec. 3), with vmapped trials.
 
-Trials are drawn from a search space; those that share parameter shapes (``training.STATIC_KEYS``) are
+Trials are drawn from a search space; those that share their structural settings (``config.model``) are
 trained together by one vmapped program (``training.fit``), so the search costs one compilation per
 distinct shape, not per trial.
 """
@@ -52,23 +52,26 @@ def sample_trials(base: Mapping[str, Any], space: Mapping[str, Sequence], num_tr
     return trials
 
 
-def static_part(trial: Mapping) -> dict:
-    return {k: trial[k] for k in training.STATIC_KEYS}
+def static_part(trial: Mapping, static_keys: Sequence[str]) -> dict:
+    """The structural part of ``trial``: its ``static_keys`` (the ``config.model`` fields)."""
+    return {k: trial[k] for k in static_keys}
 
 
-def group_by_shape(trials: Sequence[Mapping]) -> list[tuple[dict, list[int]]]:
+def group_by_shape(trials: Sequence[Mapping], static_keys: Sequence[str]) -> list[tuple[dict, list[int]]]:
     """[(static hyperparameters, indices of the trials that share them)], in first-appearance order."""
     groups: dict[str, tuple[dict, list[int]]] = {}
     for i, trial in enumerate(trials):
-        static = static_part(trial)
+        static = static_part(trial, static_keys)
         groups.setdefault(repr(sorted(static.items())), (static, []))[1].append(i)
     return list(groups.values())
 
 
-def run_trials(trials: Sequence[Mapping], data, *, workdir=None, **fit_kwargs) -> list[dict]:
-    """Train every trial (grouped and vmapped); returns per trial ``{"trial", "val", "test", "best_epoch"}``."""
+def run_trials(trials: Sequence[Mapping], data, *, static_keys: Sequence[str], workdir=None,
+               **fit_kwargs) -> list[dict]:
+    """Train every trial (grouped by ``static_keys`` and vmapped); returns per trial ``{"trial", "val", "test",
+    "best_epoch"}``."""
     results: list[dict | None] = [None] * len(trials)
-    for g, (static, idx) in enumerate(group_by_shape(trials)):
+    for g, (static, idx) in enumerate(group_by_shape(trials, static_keys)):
         group_dir = None if workdir is None else f"{workdir}/group{g:02d}"
         fit = training.fit(data, static, [trials[i] for i in idx], workdir=group_dir, **fit_kwargs)
         for t, i in enumerate(idx):

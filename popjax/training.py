@@ -40,12 +40,8 @@ from popjax import metrics, parallel
 from popjax.models import build_model
 from popjax.ops import lstm as ops_lstm
 
-# Hyperparameters that change parameter shapes or structure (one compiled program per value) ...
-STATIC_KEYS = ("modality", "frame_pooling", "headline_pooling", "frame_embed_dim", "frame_attention_dim",
-               "lstm_hidden", "word_attention_dim", "head_hidden", "batch_norm")
-# ... and those that are plain numbers, vmapped over within a program.
-TRACED_KEYS = ("learning_rate", "weight_decay", "input_dropout", "dropout", "seed")
 ENCODERS = ("video_encoder", "headline_encoder")
+OPTIMIZER_SETTINGS = ("learning_rate", "weight_decay")   # the config.hparams fields make_optimizer takes
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -108,14 +104,10 @@ def take_batch(tables: Mapping[str, jax.Array], idx, weights) -> dict[str, jax.A
 
 # ------------------------------------------------------------------------------------------- model
 def make_model(static: Mapping[str, Any], vocab_size: int, word_dim: int, hp: Mapping | None = None):
-    hp = hp or {}
-    return build_model(
-        static["modality"], frame_pooling_kind=static["frame_pooling"], headline_pooling=static["headline_pooling"],
-        vocab_size=vocab_size, word_dim=word_dim, frame_embed_dim=static["frame_embed_dim"],
-        frame_attention_dim=static["frame_attention_dim"], lstm_hidden=static["lstm_hidden"],
-        word_attention_dim=static["word_attention_dim"], head_hidden=static["head_hidden"],
-        batch_norm=static["batch_norm"], input_dropout=hp.get("input_dropout", 0.0), dropout=hp.get("dropout", 0.0),
-        recurrence=ops_lstm.lstm)
+    """The model of ``static`` (``config.model``) with one trial's ``hp`` (``config.hparams`` values, possibly
+    traced: dropout rates), the LSTM recurrence with the hand-written backward pass. Without ``hp``: no
+    dropout, for inference."""
+    return build_model({**static, **(hp or {})}, vocab_size=vocab_size, word_dim=word_dim, recurrence=ops_lstm.lstm)
 
 
 def _adamw_cosine(learning_rate, weight_decay, *, total_steps: int, warmup_steps: int):
@@ -293,7 +285,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
         vocab_size: int, word_dim: int, frozen: Mapping, train_cfg: Mapping, workdir=None, mesh=None,
         encoders: Mapping | None = None, freeze: Sequence[str] = (), progress: bool = False,
         log: Callable[[dict], None] | None = None) -> FitResult:
-    """Train ``trials`` (hyperparameter dicts with the TRACED_KEYS) of one static configuration together.
+    """Train ``trials`` of one static configuration together: each trial is a dict of ``static`` (the
+    ``config.model`` fields, equal in every trial) plus its own numbers (``config.hparams`` and ``seed``).
 
     ``data`` maps "train"/"val"/"test" to ``model_inputs`` arrays. ``encoders``: trained encoder subtrees
     plugged into every trial (multimodal); ``freeze`` names the submodules the optimizer leaves alone. ``train_cfg``: batch_size, num_epochs, warmup_epochs, patience,
@@ -314,7 +307,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     program = Program(dict(static), vocab_size, word_dim, total_steps=steps_per_epoch * num_epochs,
                       warmup_steps=int(train_cfg.get("warmup_epochs", 1) * steps_per_epoch), freeze=tuple(freeze),
                       cpu_opt_level=train_cfg.get("cpu_opt_level"))
-    hp = {k: np.asarray([float(t[k]) if k != "seed" else int(t[k]) for t in trials]) for k in TRACED_KEYS}
+    traced = sorted(set(trials[0]) - set(static))   # vmapped over: one compiled program for every trial
+    hp = {k: np.asarray([float(t[k]) if k != "seed" else int(t[k]) for t in trials]) for k in traced}
     sample = jax.tree.map(np.asarray, take_batch(data["train"], *next(batch_indices(min(n_train, bs), bs))))
     # Everything the epochs read goes to the devices once: the splits' tables, the frozen arrays, the trials'
     # hyperparameters (the state too, below).

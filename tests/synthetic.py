@@ -29,11 +29,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # configs/ (the config files import each other as a package)
 
 # Small models and a short schedule: seconds per run on 2 cores. Batch 16 splits over 1, 2 and 4 devices.
-SMALL = {
-    "model.frame_embed_dim": 16, "model.frame_attention_dim": 8, "model.lstm_hidden": 8,
-    "model.word_attention_dim": 8, "model.head_hidden": 16, "train.batch_size": 16, "train.num_epochs": 6,
-    "train.warmup_epochs": 1, "train.num_seeds": 2, "hparams.learning_rate": 0.01, "progress": False,
-}
+# Every test trains at configs/default.py's ``runlocal`` size.
+SMALL = {"progress": False}
 
 NUM_FRAMES = 6
 FEATURE_DIM = 2048
@@ -102,12 +99,27 @@ def write_features(root, num_videos: int = 200, seed: int = 0) -> dict:
     return {"features": root, "manifest": root / "manifest.csv", "examples": {r["id"]: r for r in rows}}
 
 
+TABLE1_ROWS = ("video_mean", "video_attention", "headline_lstm", "headline_attention", "multimodal",
+               "multimodal_attention")
+
+
+def config_file(name: str) -> tuple[Path, str]:
+    """(file, argument) of a config name at the ``runlocal`` size: a Table-1 row is
+    ``configs/table1.py:ROW,runlocal``, the whole table ``configs/table1.py:runlocal``."""
+    if name in TABLE1_ROWS:
+        return REPO / "configs" / "table1.py", f"{name},runlocal"
+    if name == "table1":
+        return REPO / "configs" / "table1.py", "runlocal"
+    raise ValueError(f"no test config {name!r}")
+
+
 def load_config(name: str, features, **overrides):
-    """configs/NAME.py with SMALL settings, ``features`` and ``overrides`` ("a.b": value) applied."""
-    spec = importlib.util.spec_from_file_location(f"configs.{name}", REPO / "configs" / f"{name}.py")
+    """The config ``name`` (``config_file``) with SMALL settings, ``features`` and ``overrides`` ("a.b": value)."""
+    path, arg = config_file(name)
+    spec = importlib.util.spec_from_file_location(f"configs.{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config(arg) if arg else module.get_config()
     for key, value in {**SMALL, "data.features": str(features), **overrides}.items():
         *path, leaf = key.split(".")
         node = config

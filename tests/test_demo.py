@@ -29,7 +29,7 @@ VARIANTS = ("video_mean", "video_attention", "headline_lstm", "headline_attentio
 def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo") / "run"
     cmd = [sys.executable, "train.py", "--workdir", str(workdir), "--config.demo.num_videos=40",
-           "--config.demo.explain_examples=2", "--config.search.num_trials=1", "--config.search.train.num_epochs=2",
+           "--config.demo.explain_examples=2", "--config.search.num_trials=1", "--config.search.num_epochs=2",
            "--config.train.num_seeds=1", "--config.train.num_epochs=3", "--config.progress=False"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -18,8 +18,9 @@ def case():
     preprocess = lambda x: jnp.asarray(x, jnp.float32) / 255.0 - 0.5  # noqa: E731
     bvars = backbone.init(jax.random.key(0), preprocess(frames[0]))
     bvars = {"params": bvars["params"], "batch_stats": bvars["batch_stats"]}
-    model = build_model("multimodal", frame_pooling_kind="attention", headline_pooling="last", vocab_size=12,
-                        word_dim=4, frame_embed_dim=8, frame_attention_dim=6, lstm_hidden=5, head_hidden=7)
+    model = build_model(dict(modality="multimodal", frame_pooling="attention", headline_pooling="last",
+                             frame_embed_dim=8, frame_attention_dim=6, lstm_hidden=5, head_hidden=7),
+                        vocab_size=12, word_dim=4)
     tokens = np.array([[3, 5, 7, 0], [2, 4, 6, 8]], np.int32)
     lengths = np.array([3, 4], np.int32)
     batch = {"features": jnp.zeros((B, N, 32)), "tokens": tokens, "lengths": lengths}
@@ -106,7 +107,7 @@ def test_gradient_times_input_word_scores_for_the_last_state_baseline(case):
 
 def test_attention_headline_reports_beta(case):
     backbone, preprocess, bvars, model, mvars, frames, tokens, lengths = case
-    att = build_model("headline", headline_pooling="attention", vocab_size=12, word_dim=4, lstm_hidden=5)
+    att = build_model(dict(modality="headline", headline_pooling="attention", lstm_hidden=5), vocab_size=12, word_dim=4)
     v = att.init(jax.random.key(4), {"tokens": tokens, "lengths": lengths})
     v = {"params": v["params"], "frozen": mvars["frozen"]}
     out = make_explainer(backbone, preprocess, att)(bvars, v, frames, tokens, lengths)

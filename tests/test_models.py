@@ -1,5 +1,4 @@
 """The paper's Flax modules against independent numpy references and the properties the paper relies on."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,7 +71,7 @@ def headline_case():
     vocab, dim, T = 20, 6, 9
     lengths = np.array([9, 5, 1, 0])
     tokens = np.where(np.arange(T)[None] < lengths[:, None], rng.integers(1, vocab, (4, T)), 0)
-    enc = HeadlineEncoder(vocab_size=vocab, word_dim=dim, hidden=5, pooling="last")
+    enc = HeadlineEncoder(vocab_size=vocab, word_dim=dim, lstm_hidden=5, headline_pooling="last")
     variables = enc.init(jax.random.key(0), tokens, lengths)
     table = rng.normal(size=(vocab, dim)).astype(np.float32)
     variables = {**variables, "frozen": {"word_vectors": table}}
@@ -97,7 +96,7 @@ def test_bilstm_matches_numpy_reference_on_padded_batch(headline_case):
 
 def test_bilstm_attention_states_ignore_padding(headline_case):
     enc, variables, tokens, lengths, table = headline_case
-    att = enc.clone(pooling="attention")
+    att = enc.clone(headline_pooling="attention")
     v = att.init(jax.random.key(1), tokens, lengths)
     v = {"params": v["params"], "frozen": variables["frozen"]}
     out, state = att.apply(v, tokens, lengths, mutable=["intermediates"])
@@ -113,7 +112,7 @@ def test_bilstm_attention_states_ignore_padding(headline_case):
 
 
 def test_empty_headline_gradients_are_finite():
-    model = build_model("headline", vocab_size=5, word_dim=4, headline_pooling="attention")
+    model = build_model({"modality": "headline", "headline_pooling": "attention"}, vocab_size=5, word_dim=4)
     batch = {"tokens": jnp.zeros((2, 3), jnp.int32), "lengths": jnp.array([0, 2])}
     v = model.init(jax.random.key(0), batch)
     grads = jax.grad(lambda p: model.apply({**v, "params": p}, batch).sum())(v["params"])
@@ -132,9 +131,9 @@ def _param_paths(tree, prefix=""):
 
 
 def _variant_params(modality, frames, words):
-    model = build_model(modality, frame_pooling_kind=frames, headline_pooling=words, vocab_size=10, word_dim=4,
-                        frame_embed_dim=16, frame_attention_dim=8, lstm_hidden=6, word_attention_dim=8,
-                        head_hidden=12)
+    model = build_model(dict(modality=modality, frame_pooling=frames, headline_pooling=words, frame_embed_dim=16,
+                             frame_attention_dim=8, lstm_hidden=6, word_attention_dim=8, head_hidden=12),
+                        vocab_size=10, word_dim=4)
     batch = {"features": jnp.zeros((2, 18, 2048)), "tokens": jnp.zeros((2, 5), jnp.int32),
              "lengths": jnp.array([5, 3])}
     return _param_paths(jax.eval_shape(model.init, jax.random.key(0), batch)["params"])
@@ -188,8 +187,8 @@ def test_resnet_variants_put_the_stride_where_their_frameworks_do():
 
 def test_bad_model_configs_raise():
     with pytest.raises(ValueError, match="unknown modality"):
-        build_model("audio")
+        build_model({"modality": "audio"})
     with pytest.raises(ValueError, match="unknown frame pooling"):
-        build_model("video", frame_pooling_kind="max")
+        build_model({"modality": "video", "frame_pooling": "max"})
     with pytest.raises(ValueError, match="unknown ResNet variant"):
         ResNet(variant="v2").init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))

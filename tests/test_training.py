@@ -32,7 +32,7 @@ import pytest
 import scipy.stats
 
 from popjax import experiment, metrics, search, training
-from synthetic import REPO, SMALL, free_port, load_config, write_features
+from synthetic import REPO, SMALL, config_file, free_port, load_config, write_features
 
 TIMEOUT = 240
 # Metrics that must agree between runs (``seconds`` and the device/process counts may not).
@@ -42,8 +42,8 @@ COMPARED = ("val", "test", "selected_seed", "best_epoch", "seeds", "hparams", "e
 # ---------------------------------------------------------------------------------------------- helpers
 def train_args(name: str, workdir, features, **overrides) -> list[str]:
     """The ``train.py`` command line of ``load_config(name, features, **overrides)``."""
-    args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / f'{name}.py'}",
-            f"--workdir={workdir}"]
+    path, arg = config_file(name)
+    args = [sys.executable, str(REPO / "train.py"), f"--config={path}{':' + arg if arg else ''}", f"--workdir={workdir}"]
     for key, value in {**SMALL, "data.features": str(features), **overrides}.items():
         args.append(f"--config.{key}={value}")
     return args
@@ -276,6 +276,8 @@ def test_checkpoints_are_spaced_in_time_and_the_last_epoch_is_kept(features, tmp
 # With batch norm, the bias of the Dense layer in front of it is a second parameter with an exactly-zero
 # gradient (BN subtracts the batch mean), and the running mean integrates that bias: both are rounding noise.
 BN_INVARIANT = ("['head']['hidden']['bias']", "['head']['bn']['mean']")
+STATIC = ("modality", "frame_pooling", "headline_pooling", "frame_embed_dim", "frame_attention_dim", "lstm_hidden",
+          "word_attention_dim", "head_hidden", "batch_norm")   # configs/default.py's config.model fields
 
 
 def test_vmapped_trials_equal_trials_trained_alone(features):
@@ -291,15 +293,15 @@ def test_vmapped_trials_equal_trials_trained_alone(features):
     assert len({(t["learning_rate"], t["dropout"]) for t in trials}) == 3
     # Two more trials of another shape (their own program), with batch norm: per-trial batch statistics.
     trials += [{**t, "head_hidden": 8, "batch_norm": True} for t in trials[:2]]
-    groups = search.group_by_shape(trials)
+    groups = search.group_by_shape(trials, STATIC)
     assert [idx for _, idx in groups] == [[0, 1, 2], [3, 4]]
 
     kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
                   train_cfg={"batch_size": 16, "num_epochs": 4, "warmup_epochs": 1, "data_seed": 0})
-    results = search.run_trials(trials, data["splits"], **kwargs)
+    results = search.run_trials(trials, data["splits"], static_keys=STATIC, **kwargs)
     together = [training.fit(data["splits"], static, [trials[i] for i in idx], **kwargs) for static, idx in groups]
     for i, trial in enumerate(trials):
-        alone = training.fit(data["splits"], search.static_part(trial), [trial], **kwargs)
+        alone = training.fit(data["splits"], search.static_part(trial, STATIC), [trial], **kwargs)
         g, t = (0, i) if i < 3 else (1, i - 3)
         r = results[i]
         assert r["trial"] == trial and r["val"] == together[g].val[t] and r["test"] == together[g].test[t]
@@ -338,7 +340,7 @@ def test_headlines_trimmed_to_the_longest_train_the_same_model(features):
              "input_dropout": 0.1, "dropout": 0.3, "seed": 0}
     kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
                   train_cfg={"batch_size": 16, "num_epochs": 3, "warmup_epochs": 1, "data_seed": 0})
-    short, long_ = (training.fit(d, search.static_part(trial), [trial], **kwargs) for d in (splits, padded))
+    short, long_ = (training.fit(d, search.static_part(trial, STATIC), [trial], **kwargs) for d in (splits, padded))
     assert short.best_epoch == long_.best_epoch and short.val[0]["accuracy"] == long_.val[0]["accuracy"]
     assert math.isclose(short.test[0]["spearman"], long_.test[0]["spearman"], rel_tol=1e-5, abs_tol=1e-6)
     assert_trees_equal(short.trial_variables(0), long_.trial_variables(0), atol=1e-5)
@@ -387,6 +389,11 @@ def test_spearman_of_constant_or_short_inputs_is_nan():
     ({"train.batch_size": 0}, ValueError, r"config\.train\.batch_size = 0: expected a number >= 1"),
     ({"train.num_epochs": -3}, ValueError, r"config\.train\.num_epochs = -3: expected a number >= 1"),
     ({"train.cpu_opt_level": 7}, ValueError, r"config\.train\.cpu_opt_level = 7: expected 0, 1, 2 or 3"),
+    ({"model.frame_embed_size": 64}, ValueError, r"config\.model\.frame_embed_size: no module of popjax\.models"),
+    ({"hparams.momentum": 0.9}, ValueError, r"config\.hparams\.momentum: no module of popjax\.models"),
+    ({"hparams.batch_norm": True}, ValueError, r"config\.hparams\.batch_norm = True: expected a number"),
+    ({"search.num_trials": 2, "search.space": {"learning_rat": ("log_uniform", 1e-3, 1e-2)}}, ValueError,
+     r"config\.search\.space: \['learning_rat'\] are neither config\.model nor config\.hparams fields"),
     ({"data.features": "/nonexistent/popjax-features"}, FileNotFoundError,
      r"/nonexistent/popjax-features: no popjax features dataset"),
 ])
@@ -404,6 +411,9 @@ def test_bad_configs_fail_with_a_clear_message(features, tmp_path, overrides, er
 @pytest.mark.parametrize("override, message", [
     ({"train.batch_size": 0}, "config.train.batch_size = 0: expected a number >= 1"),
     ({"data.features": "/nonexistent/popjax-features"}, "/nonexistent/popjax-features: no popjax features"),
+    ({"train.batchsize": 8}, "--config.train.batchsize: no such config field 'batchsize' (Did you mean \"batch_size\""),
+    ({"model.frame_pooling_kind": "mean"}, "--config.model.frame_pooling_kind: no such config field"),
+    ({"train.num_epochs": "many"}, "--config.train.num_epochs=many: invalid literal for int()"),
 ])
 def test_train_py_answers_a_bad_config_with_one_line_and_exit_2(features, tmp_path, override, message):
     proc = subprocess.run(train_args("video_attention", tmp_path / "run", features, **override), cwd=REPO,
@@ -414,8 +424,8 @@ def test_train_py_answers_a_bad_config_with_one_line_and_exit_2(features, tmp_pa
 
 def test_unknown_table1_variant_fails_before_training(features, tmp_path):
     config = load_config("table1", features)
-    config.variants = ("video_mean", "headline_transformer")
-    with pytest.raises(ValueError, match=r"unknown Table-1 variant.*'headline_transformer'"):
+    config.table1.variants = ("video_mean", "headline_transformer")
+    with pytest.raises(ValueError, match=r"unknown Table-1 row.*'headline_transformer'"):
         experiment.table1(config, tmp_path)
     assert not (tmp_path / "video_mean").exists()
 

@@ -458,6 +458,30 @@ def test_cli_frames(tmp_path):
     assert not (tmp_path / "o2" / "frames.json").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["frames", "v.mp4", "--out", "o", "--num-frames", "0"], "--num-frames = 0: expected 1 .. 1024"),
+    (["frames", "v.mp4", "--out", "o", "--num-frames", "100000"], "--num-frames = 100000: expected 1 .. 1024"),
+    (["frames", "v.mp4", "--out", "o", "--seconds", "-1"], "--seconds = -1.0: expected 0.001 .. 3600.0"),
+    (["frames", "v.mp4", "--out", "o", "--size", "0"], "--size = 0: expected 1 .. 4096"),
+    (["extract", "--manifest", "m.csv", "--out", "o", "--num-frames", "0"], "--num-frames = 0"),
+    (["extract", "--manifest", "m.csv", "--out", "o", "--max-words", "0"], "--max-words = 0: expected 1 .. 4096"),
+    (["extract", "--manifest", "m.csv", "--out", "o", "--workers", "-2"], "--workers = -2: expected >= 0"),
+    (["predict", "--workdir", "w", "--manifest", "m.csv", "--out", "o.csv", "--batch-size", "0"],
+     "--batch-size = 0: expected >= 1"),
+    (["demo", "--out", "d", "--videos", "0"], "--videos = 0: expected >= 1"),
+])
+def test_cli_rejects_out_of_range_arguments_before_running(tmp_path, capsys, monkeypatch, args, message):
+    """Checked before anything is read or decoded: exit 2, the flag and its accepted range, no traceback."""
+    from popjax import cli
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("popjax") and not any(tmp_path.iterdir())
+
+
 def test_sampled_frames_is_frozen():
     s = SampledFrames(np.zeros((1, 2, 2, 3), np.uint8), np.zeros(1), {})
     with pytest.raises(Exception):

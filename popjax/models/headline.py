@@ -22,28 +22,31 @@ import jax.numpy as jnp
 from popjax.models.lstm import LSTM, lstm_scan
 from popjax.models.pooling import Attention
 
+HEADLINE_POOLINGS = ("last", "attention")
+
 
 class HeadlineEncoder(nn.Module):
     vocab_size: int
     word_dim: int
-    hidden: int = 128
-    pooling: str = "attention"
-    attention_dim: int = 128
+    lstm_hidden: int = 128             # per direction
+    headline_pooling: str = "attention"   # last (baseline biLSTM) | attention
+    word_attention_dim: int = 128      # u_t
     recurrence: Callable = lstm_scan   # popjax.models.LSTM's
 
     @nn.compact
     def __call__(self, tokens, lengths):
         """tokens: int [B, T] (0 = padding), lengths: int [B] -> d: [B, 2 * hidden]."""
-        if self.pooling not in ("last", "attention"):
-            raise ValueError(f"unknown headline pooling {self.pooling!r}; expected 'last' or 'attention'")
+        if self.headline_pooling not in HEADLINE_POOLINGS:
+            raise ValueError(f"unknown headline pooling {self.headline_pooling!r}; expected one of {HEADLINE_POOLINGS}")
         table = self.variable("frozen", "word_vectors", jnp.zeros, (self.vocab_size, self.word_dim))
         w = jnp.take(table.value, tokens, axis=0)  # w_t
         w = self.perturb("word_vectors", w)
         mask = jnp.arange(tokens.shape[-1]) < lengths[..., None]
-        h_fwd_last, h_fwd = LSTM(self.hidden, recurrence=self.recurrence, name="forward")(w, lengths)
-        h_bwd_last, h_bwd = LSTM(self.hidden, reverse=True, recurrence=self.recurrence, name="backward")(w, lengths)
-        if self.pooling == "last":
+        h_fwd_last, h_fwd = LSTM(self.lstm_hidden, recurrence=self.recurrence, name="forward")(w, lengths)
+        h_bwd_last, h_bwd = LSTM(self.lstm_hidden, reverse=True, recurrence=self.recurrence,
+                                 name="backward")(w, lengths)
+        if self.headline_pooling == "last":
             d = jnp.concatenate([h_fwd_last, h_bwd_last], axis=-1)
             return jnp.where((lengths > 0)[..., None], d, 0.0)
         h = jnp.concatenate([h_fwd, h_bwd], axis=-1)  # h_t
-        return Attention(self.attention_dim, weights_name="beta", name="attention")(h, mask)
+        return Attention(self.word_attention_dim, weights_name="beta", name="attention")(h, mask)

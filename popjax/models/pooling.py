@@ -66,19 +66,13 @@ class MeanPooling(nn.Module):
 class AttentionPooling(nn.Module):
     """q_i = ReLU(W_q x_i + b_q) per frame, then v = sum_i alpha_i q_i with two-layer attention."""
 
-    embed_dim: int
-    attention_dim: int
+    frame_embed_dim: int = 256       # q_i
+    frame_attention_dim: int = 128   # u_i
 
     @nn.compact
     def __call__(self, x, mask=None):
-        q = nn.relu(nn.Dense(self.embed_dim, name="embed")(x))
-        return Attention(self.attention_dim, name="attention")(q, mask)
+        q = nn.relu(nn.Dense(self.frame_embed_dim, name="embed")(x))
+        return Attention(self.frame_attention_dim, name="attention")(q, mask)
 
 
-def frame_pooling(kind: str, embed_dim: int = 256, attention_dim: int = 128) -> nn.Module:
-    """The video encoder of a Table-1 row: ``mean`` (baseline) or ``attention``."""
-    if kind == "mean":
-        return MeanPooling()
-    if kind == "attention":
-        return AttentionPooling(embed_dim, attention_dim)
-    raise ValueError(f"unknown frame pooling {kind!r}; expected 'mean' or 'attention'")
+FRAME_POOLINGS = {"mean": MeanPooling, "attention": AttentionPooling}   # the video encoder of a Table-1 row

@@ -12,7 +12,8 @@ plugged into a multimodal parameter tree by plain dictionary surgery (``popjax.t
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 
 from popjax.models.headline import HeadlineEncoder
 from popjax.models.lstm import lstm_scan
-from popjax.models.pooling import Standardize, frame_pooling
+from popjax.models.pooling import FRAME_POOLINGS, Standardize
 
 MODALITIES = ("video", "headline", "multimodal")
 
@@ -38,7 +39,7 @@ class Head(nn.Module):
     parameter tree, so it is static.
     """
 
-    hidden: int = 128
+    head_hidden: int = 128   # the hidden (multimodal embedding) size
     input_dropout: float | jax.Array = 0.0
     dropout: float | jax.Array = 0.0
     batch_norm: bool = False
@@ -48,7 +49,7 @@ class Head(nn.Module):
     def __call__(self, e, train: bool = False):
         if train:
             e = dropout(e, self.input_dropout, self.make_rng("dropout"))
-        z = nn.Dense(self.hidden, use_bias=not self.batch_norm, name="hidden")(e)  # BN has its own shift
+        z = nn.Dense(self.head_hidden, use_bias=not self.batch_norm, name="hidden")(e)  # BN has its own shift
         if self.batch_norm:
             z = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(z)
         z = nn.relu(z)
@@ -82,19 +83,48 @@ class PopularityModel(nn.Module):
         return self.head(jnp.concatenate(embeddings, axis=-1), train=train)
 
 
-def build_model(modality: str, *, frame_pooling_kind: str = "attention", headline_pooling: str = "attention",
-                vocab_size: int = 2, word_dim: int = 50, frame_embed_dim: int = 256,
-                frame_attention_dim: int = 128, lstm_hidden: int = 128, word_attention_dim: int = 128,
-                head_hidden: int = 128,
-                input_dropout: float = 0.0, dropout: float = 0.0, batch_norm: bool = False,
+def build_model(settings: Mapping[str, Any], *, vocab_size: int = 2, word_dim: int = 50,
                 recurrence: Callable = lstm_scan) -> PopularityModel:
-    """One Table-1 model from plain hyperparameters (configs map onto these arguments)."""
+    """One Table-1 model from ``settings``, a flat mapping of ``config.model`` and ``config.hparams`` fields.
+
+    ``modality`` picks the encoders and ``frame_pooling`` the video encoder's class; every other field goes,
+    by name, to each module that has an attribute of that name (``model_settings`` lists them). Fields no
+    module takes are left to the caller (the optimizer's ``learning_rate``, ``weight_decay``, ``seed``).
+    """
+    s = dict(settings)
+    modality = s.get("modality", "multimodal")
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-    video = frame_pooling(frame_pooling_kind, frame_embed_dim, frame_attention_dim) if modality != "headline" else None
-    headline = None
+    video = headline = None
+    if modality != "headline":
+        kind = s.get("frame_pooling", "attention")
+        if kind not in FRAME_POOLINGS:
+            raise ValueError(f"unknown frame pooling {kind!r}; expected one of {tuple(FRAME_POOLINGS)}")
+        video = FRAME_POOLINGS[kind](**_attributes(FRAME_POOLINGS[kind], s))
     if modality != "video":
-        headline = HeadlineEncoder(vocab_size=vocab_size, word_dim=word_dim, hidden=lstm_hidden,
-                                   pooling=headline_pooling, attention_dim=word_attention_dim, recurrence=recurrence)
-    head = Head(hidden=head_hidden, input_dropout=input_dropout, dropout=dropout, batch_norm=batch_norm)
-    return PopularityModel(head=head, video_encoder=video, headline_encoder=headline)
+        headline = HeadlineEncoder(vocab_size=vocab_size, word_dim=word_dim, recurrence=recurrence,
+                                   **_attributes(HeadlineEncoder, s))
+    return PopularityModel(head=Head(**_attributes(Head, s)), video_encoder=video, headline_encoder=headline)
+
+
+# Attributes that are not hyperparameters: set by build_model itself or fixed by the model.
+_NOT_SETTINGS = {"parent", "name", "vocab_size", "word_dim", "recurrence", "num_classes"}
+
+
+def _attributes(cls, settings: Mapping[str, Any]) -> dict:
+    return {f.name: settings[f.name] for f in dataclasses.fields(cls)
+            if f.name in settings and f.name not in _NOT_SETTINGS}
+
+
+def encoder_settings(kind: str) -> frozenset[str]:
+    """The settings that fix a trained ``kind`` ("video" / "headline") encoder's structure."""
+    modules = FRAME_POOLINGS.values() if kind == "video" else (HeadlineEncoder,)
+    return frozenset({"frame_pooling"} if kind == "video" else set()) | {
+        f.name for cls in modules for f in dataclasses.fields(cls) if f.name not in _NOT_SETTINGS}
+
+
+def model_settings() -> frozenset[str]:
+    """The settings ``build_model`` uses: ``modality``, ``frame_pooling`` and every module attribute it fills."""
+    modules = (*FRAME_POOLINGS.values(), HeadlineEncoder, Head)
+    return frozenset({"modality", "frame_pooling"} | {f.name for cls in modules for f in dataclasses.fields(cls)
+                                                      if f.name not in _NOT_SETTINGS})

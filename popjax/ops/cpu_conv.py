@@ -111,7 +111,7 @@ def winograd_conv3x3(x, u, tile: int):
     b, h, w, _ = x.shape
     th, tw = -(-h // tile), -(-w // tile)
     xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, 1 + th * tile - h), (1, 1 + tw * tile - w), (0, 0)))
-    # Each transform acts on one axis of a stacked array at a time (few HLO ops: 2-4x faster to compile
+    # Each transform acts on one axis of a stacked array at a time (few HLO ops: faster to compile
     # than per-tile-element expressions, same speed).
     r = jnp.stack(_combine(bt, [xp[:, i:i + tile * (th - 1) + 1:tile] for i in range(n)]))          # B^T d
     v = jnp.stack(_combine(bt, [r[:, :, :, j:j + tile * (tw - 1) + 1:tile] for j in range(n)]), 1)  # (B^T d) B
