@@ -1,6 +1,6 @@
 """ResNet50 feature-extraction throughput: popjax (JAX/XLA) vs onnxruntime vs PyTorch, same weights, same frames.
 
-One torch ResNet50 with torchvision's parameter names (tests/torch_resnet.py, random weights, randomised
+One torch ResNet50 with torchvision's parameter names (popjax.testing.torch_resnet, random weights, randomised
 BatchNorm statistics) is the single source of weights:
 
 * popjax:      its state dict saved as .safetensors -> ``popjax.weights.convert("torchvision", ...)`` ->
@@ -62,7 +62,7 @@ STD = (0.229, 0.224, 0.225)
 # --------------------------------------------------------------------------------------------- models
 def torch_reference(seed: int = 0):
     import torch
-    from torch_resnet import ResNet50, randomize_batchnorm
+    from popjax.testing.torch_resnet import ResNet50, randomize_batchnorm
 
     torch.manual_seed(seed)
     return randomize_batchnorm(ResNet50(), seed).eval()

@@ -9,21 +9,10 @@ from jax.test_util import check_grads
 
 from popjax.models.lstm import LSTM, lstm_scan
 from popjax.ops.lstm import lstm
+from popjax.testing.references import FlaxBiLSTM
 
 B, T, D, H = 5, 7, 6, 4
 LENGTHS = np.array([7, 4, 1, 0, 3])
-
-
-class FlaxBiLSTM(nn.Module):
-    """The reference: flax's own RNN over OptimizedLSTMCell with seq_lengths."""
-
-    @nn.compact
-    def __call__(self, x, lengths):
-        fwd = nn.RNN(nn.OptimizedLSTMCell(H, parent=None), name="forward")
-        bwd = nn.RNN(nn.OptimizedLSTMCell(H, parent=None), reverse=True, keep_order=True, name="backward")
-        (_, hf), of = fwd(x, seq_lengths=lengths, return_carry=True)
-        (_, hb), ob = bwd(x, seq_lengths=lengths, return_carry=True)
-        return (hf, of), (hb, ob)
 
 
 class PopjaxBiLSTM(nn.Module):
@@ -41,7 +30,7 @@ def case():
     x = rng.normal(size=(B, T, D)).astype(np.float32)
     x[np.arange(T)[None] >= LENGTHS[:, None]] = 0.0
     lengths = jnp.asarray(LENGTHS)
-    ref_vars = FlaxBiLSTM().init(jax.random.key(3), x, lengths)
+    ref_vars = FlaxBiLSTM(H).init(jax.random.key(3), x, lengths)
     # Random biases too (flax initialises them to zero), so that the test sees them.
     ref_vars = jax.tree_util.tree_map_with_path(
         lambda path, a: a + 0.3 * rng.normal(size=a.shape).astype(np.float32) if path[-1].key == "bias" else a, ref_vars)
@@ -52,7 +41,7 @@ def case():
 def test_parameters_are_flax_optimized_lstm_cell_ones():
     """Same tree, shapes and initial values as nn.RNN(OptimizedLSTMCell): old checkpoints load, runs start alike."""
     x, lengths = jnp.zeros((B, T, D)), jnp.asarray(LENGTHS)
-    ref = FlaxBiLSTM().init(jax.random.key(3), x, lengths)
+    ref = FlaxBiLSTM(H).init(jax.random.key(3), x, lengths)
     ours = PopjaxBiLSTM().init(jax.random.key(3), x, lengths)
     assert jax.tree.structure(ours) == jax.tree.structure(ref)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
@@ -66,7 +55,7 @@ def valid(o):
 @pytest.mark.parametrize("recurrence", [lstm, lstm_scan], ids=["custom_vjp", "scan"])
 def test_outputs_and_gradients_match_flax_rnn(case, recurrence):
     x, lengths, variables, cot = case
-    ref = FlaxBiLSTM().apply(variables, x, lengths)
+    ref = FlaxBiLSTM(H).apply(variables, x, lengths)
     ours = PopjaxBiLSTM(recurrence).apply(variables, x, lengths)
     has = LENGTHS > 0
     for (hr, outr), (ho, outo) in zip(ref, ours):
@@ -83,7 +72,7 @@ def test_outputs_and_gradients_match_flax_rnn(case, recurrence):
             return sum(jnp.sum(a * c) for a, c in zip([hf * keep, of, hb * keep, ob], cot))
         return jax.value_and_grad(f, argnums=(0, 1))
 
-    (v_ref, g_ref) = loss(FlaxBiLSTM(), True)(variables["params"], x)
+    (v_ref, g_ref) = loss(FlaxBiLSTM(H), True)(variables["params"], x)
     (v, g) = jax.jit(loss(PopjaxBiLSTM(recurrence), False))(variables["params"], x)
     np.testing.assert_allclose(v, v_ref, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):

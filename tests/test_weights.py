@@ -101,7 +101,7 @@ def test_keras_notop_via_cli(keras_case, images):
 def torch_case(tmp_path_factory, images):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
-    from torch_resnet import ResNet50, randomize_batchnorm
+    from popjax.testing.torch_resnet import ResNet50, randomize_batchnorm
 
     torch.manual_seed(0)
     model = randomize_batchnorm(ResNet50()).eval()
