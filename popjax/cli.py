@@ -93,7 +93,7 @@ def _explain(args) -> int:
     from popjax.data.manifest import ManifestError, read_manifest
     from popjax.data.video import VideoError
     from popjax.explain.explanation import Explainer, write_explanation
-    from popjax.predict import TrainedModel
+    from popjax.trained import TrainedModel
 
     video, headline = args.video, args.headline
     try:

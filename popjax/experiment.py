@@ -15,19 +15,20 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np
 
 from popjax import files, models, parallel, search, training
+from popjax.trained import load_model, save_model
 from popjax.data import dataset
 
 
 
 # --------------------------------------------------------------------------------------------- data
 def load_data(features_dir, modality: str) -> dict:
-    """Splits as model inputs, the frozen word vectors and the dataset's metadata."""
+    """Splits as model inputs, the constants word vectors and the dataset's metadata."""
     features_dir = Path(features_dir)
     meta = dataset.read_metadata(features_dir)
     data = {}
@@ -39,12 +40,12 @@ def load_data(features_dir, modality: str) -> dict:
     if modality != "video":
         trim_headlines(data)
     vectors = np.load(features_dir / meta["word_vectors"], allow_pickle=False)
-    frozen = {}
+    constants = {}
     if modality != "headline":
-        frozen["feature_norm"] = feature_statistics(data["train"]["features"])
+        constants["feature_norm"] = feature_statistics(data["train"]["features"])
     if modality != "video":
-        frozen["headline_encoder"] = {"word_vectors": vectors}
-    return {"splits": data, "meta": meta, "frozen": frozen, "vocab_size": int(vectors.shape[0]),
+        constants["headline_encoder"] = {"word_vectors": vectors}
+    return {"splits": data, "meta": meta, "constants": constants, "vocab_size": int(vectors.shape[0]),
             "word_dim": int(vectors.shape[1])}
 
 
@@ -67,40 +68,6 @@ def feature_statistics(features: np.ndarray, eps: float = 1e-6) -> dict:
     return {"mean": f.mean(0), "std": np.sqrt(f.var(0) + eps)}
 
 
-# -------------------------------------------------------------------------------------- model files
-def save_model(workdir, variables: Mapping, info: Mapping, step: int) -> None:
-    """The run's model into ``workdir/checkpoints/best`` (an orbax CheckpointManager that keeps the
-    best-by-validation checkpoint): variables (params, batch_stats, frozen) + model info (JSON)."""
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max",
-                                           create=True)
-    with ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints" / "best", options=options) as mngr:
-        score = info["val"]["accuracy"] + 1e-3 * (0.0 if math.isnan(info["val"]["spearman"]) else info["val"]["spearman"])
-        mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(dict(variables)),
-                                                info=ocp.args.JsonSave(files.jsonable(info))),
-                  metrics={"score": score}, force=True)
-        mngr.wait_until_finished()
-
-
-def load_model(workdir) -> tuple[Any, dict, dict]:
-    """(PopularityModel, variables, info) of a trained work directory."""
-    import orbax.checkpoint as ocp
-
-    path = Path(workdir).absolute() / "checkpoints" / "best"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{workdir}: no trained model (checkpoints/best); run train.py first")
-    with ocp.CheckpointManager(path) as mngr:
-        step = mngr.best_step() if mngr.best_step() is not None else mngr.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{path}: no finished checkpoint")
-        restored = mngr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
-                                                              info=ocp.args.JsonRestore()))
-    info = dict(restored["info"])
-    model = training.make_model(info["static"], info["vocab_size"], info["word_dim"])
-    return model, jax.tree.map(np.asarray, dict(restored["variables"])), info
-
-
 # ---------------------------------------------------------------------------------------- one config
 def train_and_evaluate(config, workdir) -> dict:
     """Train and evaluate one configuration (see module docstring); returns what ``metrics.json`` holds."""
@@ -108,10 +75,10 @@ def train_and_evaluate(config, workdir) -> dict:
     check_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", config.to_dict())
+    publish(workdir / "config.json", config.to_dict())
     modality = config.model.modality
     data = load_data(config.data.features, modality)
-    fit_kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
+    fit_kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], constants=data["constants"],
                       train_cfg=config.train.to_dict(), progress=config.get("progress", True))
     base = {**config.model.to_dict(), **config.hparams.to_dict(), "seed": config.train.first_seed}
     static_keys = tuple(config.model.keys())
@@ -132,7 +99,7 @@ def train_and_evaluate(config, workdir) -> dict:
                        encoders=encoders, freeze=freeze,
                        log=_logger(workdir / "log.jsonl"), **fit_kwargs)
     t = fit.select()
-    variables = {**fit.trial_variables(t), "frozen": data["frozen"]}
+    variables = {**fit.trial_variables(t), "constants": data["constants"]}
     info = {"static": static, "hparams": seeds[t], "vocab_size": data["vocab_size"],
             "word_dim": data["word_dim"], "features": str(Path(config.data.features).absolute()),
             "backbone": data["meta"].get("backbone"), "val": fit.val[t], "test": fit.test[t],
@@ -143,7 +110,7 @@ def train_and_evaluate(config, workdir) -> dict:
         "seeds": _seed_summary(fit), "hparams": seeds[t], "epochs_run": fit.epochs_run,
         "devices": fit.devices, "processes": jax.process_count(),
         "backbone": data["meta"].get("backbone"), "seconds": round(time.time() - t_start, 1)}
-    write_json(workdir / "metrics.json", summary)
+    publish(workdir / "metrics.json", summary)
     return summary
 
 
@@ -230,7 +197,7 @@ def _search(config, workdir, base, data, encoders, freeze, fit_kwargs, fixed, st
     results = search.run_trials(trials, data["splits"], static_keys=static_keys, workdir=workdir / "search",
                                 encoders=encoders, freeze=freeze, **{**fit_kwargs, "train_cfg": train_cfg})
     best = search.best_trial(results)
-    write_json(path, {"best": best, "trials": results})
+    publish(path, {"best": best, "trials": results})
     return best
 
 
@@ -272,8 +239,8 @@ def table1(config, workdir) -> dict:
                      "seeds": len(s["seed"])})
     table = {"rows": rows, "paper": {k: {"accuracy": row.paper[0] / 100, "spearman": row.paper[1]}
                                      for k, row in rows_cfg.items() if row.get("paper")}}
-    write_json(workdir / "table1.json", table)
-    write_text(workdir / "table1.md", format_table1(table))
+    publish(workdir / "table1.json", table)
+    publish(workdir / "table1.md", format_table1(table))
     return table
 
 
@@ -295,16 +262,12 @@ def _cached_metrics(workdir: Path) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def write_text(path: Path, text: str) -> None:
-    """Atomic write, by process 0 only: with several processes (one work directory on a shared filesystem)
-    every process computes the same content, and two writers would race."""
+def publish(path: Path, content) -> None:
+    """Atomic write of ``content`` (text as it is, anything else as JSON), by process 0 only: with several
+    processes (one work directory on a shared filesystem) every process computes the same content, and two
+    writers would race."""
     if jax.process_index() == 0:
-        files.write_text(path, text)
-
-
-def write_json(path: Path, obj) -> None:
-    if jax.process_index() == 0:
-        files.write_json(path, obj)
+        files.write_text(path, content) if isinstance(content, str) else files.write_json(path, content)
 
 
 def _logger(path: Path):

@@ -29,11 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from popjax import metrics, parallel
@@ -117,24 +117,31 @@ def _adamw_cosine(learning_rate, weight_decay, *, total_steps: int, warmup_steps
                        optax.scale_by_schedule(shape), optax.scale(-learning_rate))
 
 
-def make_optimizer(params, *, total_steps: int, warmup_steps: int, learning_rate=1e-3, weight_decay=0.0,
+def make_optimizer(*, total_steps: int, warmup_steps: int,
                    freeze: Sequence[str] = ()) -> optax.GradientTransformation:
-    """AdamW + warm-up/cosine; ``learning_rate`` and ``weight_decay`` live in the optimizer state (so they
-    can differ per vmapped trial). Top-level submodules named in ``freeze`` get no updates."""
+    """AdamW + warm-up/cosine decay, built once per program. ``learning_rate`` and ``weight_decay`` live in the
+    optimizer state (``with_hyperparameters``), so each vmapped trial carries its own. Top-level submodules
+    named in ``freeze`` get no updates."""
     tx = optax.inject_hyperparams(_adamw_cosine, static_args=("total_steps", "warmup_steps"))(
-        learning_rate=learning_rate, weight_decay=weight_decay, total_steps=total_steps, warmup_steps=warmup_steps)
+        learning_rate=0.0, weight_decay=0.0, total_steps=total_steps, warmup_steps=warmup_steps)
     if not freeze:
         return tx
-    labels = {k: jax.tree.map(lambda _: "frozen" if k in freeze else "train", v) for k, v in params.items()}
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return optax.multi_transform({"update": tx, "hold": optax.set_to_zero()}, lambda params: {
+        k: jax.tree.map(lambda _: "hold" if k in freeze else "update", v) for k, v in params.items()})
 
 
-class TrainState(flax.struct.PyTreeNode):
-    step: jax.Array
-    params: Any
+def with_hyperparameters(opt_state, **values):
+    """``opt_state`` of ``make_optimizer`` with its ``learning_rate`` / ``weight_decay`` set to ``values``."""
+    return optax.tree_utils.tree_set(opt_state, **{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
+
+
+class TrainState(train_state.TrainState):
+    """flax's ``TrainState`` (step, params, the optimizer ``tx`` and its state) plus BatchNorm statistics and
+    the trial's random key. ``apply_fn`` is unused: the model depends on the trial's dropout rates
+    (``Program.model(hp)``)."""
+
     batch_stats: Any
-    opt_state: Any
-    rng: jax.Array  # raw uint32 key: checkpointable
+    rng: jax.Array  # key data (uint32) of a ``jax.random.key``: plain arrays checkpoint and vmap as they are
 
 
 def plug_encoders(params: Mapping, encoders: Mapping) -> dict:
@@ -167,41 +174,40 @@ class Program:
     def model(self, hp=None):
         return make_model(self.static, self.vocab_size, self.word_dim, hp)
 
-    def init(self, hp, sample, frozen, encoders=None) -> TrainState:
-        key = jax.random.PRNGKey(hp["seed"])
-        k_init, k_drop, k_state = jax.random.split(key, 3)
+    @functools.cached_property
+    def tx(self) -> optax.GradientTransformation:
+        return make_optimizer(total_steps=self.total_steps, warmup_steps=self.warmup_steps, freeze=self.freeze)
+
+    def init(self, hp, sample, constants, encoders=None) -> TrainState:
+        k_init, k_drop, k_state = jax.random.split(jax.random.key(hp["seed"]), 3)
         variables = self.model(hp).init({"params": k_init, "dropout": k_drop}, sample)
         params = variables["params"]
         if encoders:
             params = plug_encoders(params, encoders)
-        tx = make_optimizer(params, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-                            learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"], freeze=self.freeze)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=k_state)
+        state = TrainState.create(apply_fn=None, params=params, tx=self.tx,
+                                  batch_stats=variables.get("batch_stats", {}), rng=jax.random.key_data(k_state))
+        return state.replace(step=jnp.zeros((), jnp.int32), opt_state=with_hyperparameters(
+            state.opt_state, learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"]))
 
-    def train_step(self, state: TrainState, batch, hp, frozen):
+    def train_step(self, state: TrainState, batch, hp, constants):
         model = self.model(hp)
-        rng, k_drop = jax.random.split(state.rng)
+        rng, k_drop = jax.random.split(jax.random.wrap_key_data(state.rng))
 
         def loss_fn(params):
-            variables = {"params": params, "batch_stats": state.batch_stats, "frozen": frozen}
+            variables = {"params": params, "batch_stats": state.batch_stats, "constants": constants}
             logits, updates = model.apply(variables, batch, train=True, rngs={"dropout": k_drop},
                                           mutable=["batch_stats"])
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
             return jnp.sum(ce * batch["weight"]) / jnp.maximum(jnp.sum(batch["weight"]), 1.0), updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        # Any optimizer object of the same structure applies the state's own hyperparameters.
-        tx = make_optimizer(state.params, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-                            freeze=self.freeze)
-        deltas, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, deltas),
-                            batch_stats=updates.get("batch_stats", state.batch_stats), opt_state=opt_state, rng=rng)
+        new = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats),
+                                    rng=jax.random.key_data(rng))
         return new, loss
 
-    def predict(self, params, batch_stats, batch, frozen):
+    def predict(self, params, batch_stats, batch, constants):
         """P(popular) for each video of the batch."""
-        logits = self.model().apply({"params": params, "batch_stats": batch_stats, "frozen": frozen}, batch)
+        logits = self.model().apply({"params": params, "batch_stats": batch_stats, "constants": constants}, batch)
         return jax.nn.softmax(logits)[:, 1]
 
 
@@ -227,14 +233,15 @@ class FitResult:
         return {"params": take(self.params), "batch_stats": take(self.batch_stats)}
 
 
-def predict_split(program: Program, params, batch_stats, tables, n: int, frozen, mesh, batch_size: int) -> np.ndarray:
+def predict_split(program: Program, params, batch_stats, tables, n: int, constants, mesh,
+                  batch_size: int) -> np.ndarray:
     """P(popular) of the first ``n`` videos of a split (its ``device_tables``) for every stacked trial: [T, n],
     all of the table's batches in one call."""
     num_trials = jax.tree.leaves(params)[0].shape[0]
     if n == 0:
         return np.zeros((num_trials, 0))
     idx, weights = epoch_indices(len(tables["label"]), batch_size, mesh)
-    p = _host_copy(_jitted(program, "predict", mesh)(params, batch_stats, tables, idx, weights, frozen))  # [S, T, B]
+    p = _host_copy(_jitted(program, "predict", mesh)(params, batch_stats, tables, idx, weights, constants))  # [S, T, B]
     return np.moveaxis(p, 0, 1).reshape(num_trials, -1)[:, :n]
 
 
@@ -244,11 +251,11 @@ _JIT_CACHE: dict = {}
 def _jitted(program: Program, name: str, mesh) -> Callable:
     """The compiled functions of a program, cached per program and mesh; outputs replicated over ``mesh``.
 
-    ``init(hp, sample, frozen, encoders)``: one trial's ``TrainState`` (called per trial; see ``fit``).
-    ``train_epoch(state, tables, idx, weights, hp, frozen)``: a ``lax.scan`` of ``jit(vmap(train_step))`` over
+    ``init(hp, sample, constants, encoders)``: one trial's ``TrainState`` (called per trial; see ``fit``).
+    ``train_epoch(state, tables, idx, weights, hp, constants)``: a ``lax.scan`` of ``jit(vmap(train_step))`` over
     the epoch's [steps, batch] indices, each step gathering its batch from the device-resident tables
     (one dispatch per epoch; the host does no per-step work). ``predict(params, batch_stats, tables, idx,
-    weights, frozen)``: P(popular) [steps, T, batch] of the stacked trials.
+    weights, constants)``: P(popular) [steps, T, batch] of the stacked trials.
     """
     key = (name, json.dumps(program.static, sort_keys=True), program.vocab_size, program.word_dim,
            program.total_steps, program.warmup_steps, program.freeze, program.cpu_opt_level, mesh)
@@ -267,13 +274,14 @@ def _jitted(program: Program, name: str, mesh) -> Callable:
         if name == "init":
             fn = jit(program.init)
         elif name == "train_epoch":
-            def train_epoch(state, tables, idx, weights, hp, frozen):
-                return jax.lax.scan(lambda st, xs: step(st, batch_at(tables, *xs), hp, frozen), state, (idx, weights))
+            def train_epoch(state, tables, idx, weights, hp, constants):
+                return jax.lax.scan(lambda st, xs: step(st, batch_at(tables, *xs), hp, constants), state,
+                                    (idx, weights))
 
             fn = jit(train_epoch, donate_argnums=(0,))
         else:
-            def predict_all(params, batch_stats, tables, idx, weights, frozen):
-                return jax.lax.map(lambda xs: predict(params, batch_stats, batch_at(tables, *xs), frozen),
+            def predict_all(params, batch_stats, tables, idx, weights, constants):
+                return jax.lax.map(lambda xs: predict(params, batch_stats, batch_at(tables, *xs), constants),
                                    (idx, weights))
 
             fn = jit(predict_all)
@@ -282,16 +290,17 @@ def _jitted(program: Program, name: str, mesh) -> Callable:
 
 
 def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: Sequence[Mapping], *,
-        vocab_size: int, word_dim: int, frozen: Mapping, train_cfg: Mapping, workdir=None, mesh=None,
+        vocab_size: int, word_dim: int, constants: Mapping, train_cfg: Mapping, workdir=None, mesh=None,
         encoders: Mapping | None = None, freeze: Sequence[str] = (), progress: bool = False,
         log: Callable[[dict], None] | None = None) -> FitResult:
     """Train ``trials`` of one static configuration together: each trial is a dict of ``static`` (the
     ``config.model`` fields, equal in every trial) plus its own numbers (``config.hparams`` and ``seed``).
 
     ``data`` maps "train"/"val"/"test" to ``model_inputs`` arrays. ``encoders``: trained encoder subtrees
-    plugged into every trial (multimodal); ``freeze`` names the submodules the optimizer leaves alone. ``train_cfg``: batch_size, num_epochs, warmup_epochs, patience,
-    data_seed, checkpoint_every_secs. With ``workdir`` the run checkpoints (see the module docstring) and resumes
-    from ``workdir/checkpoints``.
+    plugged into every trial (multimodal); ``freeze`` names the submodules the optimizer leaves alone.
+    ``constants``: the model's ``constants`` collection (word vectors, feature statistics). ``train_cfg``:
+    batch_size, num_epochs, warmup_epochs, patience, data_seed, checkpoint_every_secs. With ``workdir`` the run
+    checkpoints (see the module docstring) and resumes from ``workdir/checkpoints``.
     """
     import orbax.checkpoint as ocp
 
@@ -310,9 +319,9 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     traced = sorted(set(trials[0]) - set(static))   # vmapped over: one compiled program for every trial
     hp = {k: np.asarray([float(t[k]) if k != "seed" else int(t[k]) for t in trials]) for k in traced}
     sample = jax.tree.map(np.asarray, take_batch(data["train"], *next(batch_indices(min(n_train, bs), bs))))
-    # Everything the epochs read goes to the devices once: the splits' tables, the frozen arrays, the trials'
+    # Everything the epochs read goes to the devices once: the splits' tables, the model's constants, the trials'
     # hyperparameters (the state too, below).
-    frozen, hp_d, sample = parallel.put((dict(frozen), hp, sample), parallel.replicated(mesh))
+    constants, hp_d, sample = parallel.put((dict(constants), hp, sample), parallel.replicated(mesh))
     size = {split: len(data[split]["label"]) for split in ("train", "val", "test") if split in data}
     # Validation and test tables padded to one size: one compiled prediction program for both.
     eval_rows = parallel.round_up(max(size.get("val", 0), size.get("test", 0)), bs)
@@ -325,9 +334,10 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     init, T = _jitted(program, "init", mesh), len(trials)
     trial_hp = [{k: v[t] for k, v in hp.items()} for t in range(T)]
     with ThreadPoolExecutor(3) as pool:   # the other programs compile meanwhile (XLA: one thread per program)
-        ahead = _compile_ahead(pool, program, mesh, jax.eval_shape(init, trial_hp[0], sample, frozen, encoders), T,
-                               tables, hp_d, frozen, bs, epoch_indices(n_train, bs, mesh, train_cfg.get("data_seed", 0)))
-        state = [_host_copy(init(h, sample, frozen, encoders)) for h in trial_hp]
+        ahead = _compile_ahead(pool, program, mesh, jax.eval_shape(init, trial_hp[0], sample, constants, encoders),
+                               T, tables, hp_d, constants, bs,
+                               epoch_indices(n_train, bs, mesh, train_cfg.get("data_seed", 0)))
+        state = [_host_copy(init(h, sample, constants, encoders)) for h in trial_hp]
         for compiled in ahead:
             compiled.result()
     state = jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *state), parallel.replicated(mesh))
@@ -358,8 +368,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
         while tracker["epoch"] < num_epochs and tracker["since_best"] < patience:
             epoch = tracker["epoch"]
             idx, weights = epoch_indices(n_train, bs, mesh, train_cfg.get("data_seed", 0), epoch)
-            state, losses = train_epoch(state, tables["train"], idx, weights, hp_d, frozen)   # losses [steps, T]
-            p_val = predict_split(program, state.params, state.batch_stats, tables["val"], size["val"], frozen, mesh,
+            state, losses = train_epoch(state, tables["train"], idx, weights, hp_d, constants)   # losses [steps, T]
+            p_val = predict_split(program, state.params, state.batch_stats, tables["val"], size["val"], constants, mesh,
                                   bs)
             val = [metrics.evaluate(p, data["val"]["label"], data["val"]["normalized_views"]) for p in p_val]
             improved = np.array([list(metrics.selection_key(m)) > list(k) for m, k in zip(val, tracker["best_key"])])
@@ -390,7 +400,7 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
             latest.wait_until_finished()
             latest.close()
 
-    p_test = predict_split(program, best["params"], best["batch_stats"], tables["test"], size["test"], frozen, mesh,
+    p_test = predict_split(program, best["params"], best["batch_stats"], tables["test"], size["test"], constants, mesh,
                            bs) if size.get("test") else [None] * T
     test = [metrics.evaluate(p, data["test"]["label"], data["test"]["normalized_views"]) if p is not None else None
             for p in p_test]
@@ -400,7 +410,7 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
                      history=tracker["history"], epochs_run=tracker["epoch"], devices=mesh.size)
 
 
-def _compile_ahead(pool, program: Program, mesh, trial_state, T: int, tables, hp, frozen, batch_size: int,
+def _compile_ahead(pool, program: Program, mesh, trial_state, T: int, tables, hp, constants, batch_size: int,
                    first_epoch) -> list:
     """Futures compiling ``fit``'s epoch, prediction and best-keeping programs for ``T`` stacked trials of
     state ``trial_state`` (shapes), as its calls will use them: those calls then find them compiled."""
@@ -409,8 +419,8 @@ def _compile_ahead(pool, program: Program, mesh, trial_state, T: int, tables, hp
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     eval_idx = epoch_indices(len(tables["val"]["label"]), batch_size, mesh)
     improved = jax.ShapeDtypeStruct((T,), np.bool_, sharding=rep)
-    jobs = [(_jitted(program, "train_epoch", mesh), (state, tables["train"], *first_epoch, hp, frozen)),
-            (_jitted(program, "predict", mesh), (state.params, state.batch_stats, tables["val"], *eval_idx, frozen)),
+    jobs = [(_jitted(program, "train_epoch", mesh), (state, tables["train"], *first_epoch, hp, constants)),
+            (_jitted(program, "predict", mesh), (state.params, state.batch_stats, tables["val"], *eval_idx, constants)),
             (keep_best, (variables, variables, improved))]
     return [pool.submit(lambda fn=fn, args=args: fn.lower(*args).compile()) for fn, args in jobs]
 

@@ -19,6 +19,7 @@ from typing import Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from popjax.models.resnet import ResNet50
 
@@ -181,7 +182,8 @@ def expected_shapes(variant: str, num_classes: int) -> dict[str, tuple]:
     """Flat ``collection/module/.../leaf -> shape`` of a ResNet50's variables, without computing them."""
     model = ResNet50(variant=variant, num_classes=num_classes)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32)))
-    return {k: v.shape for k, v in flatten(shapes).items() if k.split("/")[0] in ("params", "batch_stats")}
+    flat = traverse_util.flatten_dict(shapes, sep="/")
+    return {k: v.shape for k, v in flat.items() if k.split("/")[0] in ("params", "batch_stats")}
 
 
 def check_complete(flat: Mapping[str, np.ndarray], origin: Mapping[str, str], unknown: list[str], variant: str,
@@ -203,28 +205,6 @@ def check_complete(flat: Mapping[str, np.ndarray], origin: Mapping[str, str], un
         problems.append(f"{len(wrong)} wrong shapes: " + "; ".join(wrong[:8]))
     if problems:
         raise WeightsError(f"{source}: not a ResNet50 {variant} weights file: " + " | ".join(problems))
-
-
-def flatten(tree, prefix="") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
-
-
-def unflatten(flat: Mapping) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -251,7 +231,7 @@ def convert(fmt: str, path, out_dir) -> dict:
         "image_size": 224, "preprocessing": PREPROCESSING[preprocessing], "pretrained": True,
         "source": {"format": fmt, "file": path.name, "sha256": _sha256(path)},
     }
-    save_backbone(out_dir, unflatten(flat), metadata)
+    save_backbone(out_dir, traverse_util.unflatten_dict(flat, sep="/"), metadata)
     return metadata
 
 

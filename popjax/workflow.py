@@ -26,7 +26,7 @@ def demo(config, workdir) -> dict:
     from popjax.data.demo import write_corpus
     from popjax.explain import faithfulness
     from popjax.explain.explanation import Explainer, write_explanation
-    from popjax.predict import TrainedModel
+    from popjax.trained import TrainedModel
 
     W = Path(workdir)
     W.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def demo(config, workdir) -> dict:
         # and the test split's last batches carry the fewest padding copies.
         explainer = Explainer(trained, batch=trained.backbone.mesh.size)
         faith = faithfulness.evaluate(explainer, manifest, W / "demo" / "truth.jsonl")
-        experiment.write_json(W / "faithfulness.json", faith)
+        experiment.publish(W / "faithfulness.json", faith)
         truth = faithfulness.read_truth(W / "demo" / "truth.jsonl")
         from popjax.data.manifest import read_manifest
 
@@ -72,7 +72,7 @@ def demo(config, workdir) -> dict:
         return faith, written
 
     faith, figures = stage("explanations", explanations)
-    experiment.write_json(W / "timings.json", timings)
+    experiment.publish(W / "timings.json", timings)
     print("\n" + experiment.format_table1(table))
     print(json.dumps({k: faith[k] for k in ("pointing_game", "frame_attention_hit", "word_attention_hit",
                                             "deletion_top", "deletion_random")}, indent=1))

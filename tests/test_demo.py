@@ -86,7 +86,7 @@ def test_explain_cli_and_one_device_reproduce_the_demo_explanation(demo, tmp_pat
     import jax
 
     from popjax.explain.explanation import Explainer
-    from popjax.predict import TrainedModel
+    from popjax.trained import TrainedModel
 
     assert jax.local_device_count() == 1
     explanation, _ = Explainer(TrainedModel.load(W / "multimodal_attention")).explain_file(ref["video"], ref["headline"])

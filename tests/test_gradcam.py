@@ -28,7 +28,7 @@ def case():
     table = np.random.default_rng(2).normal(size=(12, 4)).astype(np.float32)
     stats = {"mean": np.random.default_rng(5).uniform(0, 1, 32).astype(np.float32),
              "std": np.random.default_rng(6).uniform(0.5, 2, 32).astype(np.float32)}
-    mvars = {"params": mvars["params"], "frozen": {"headline_encoder": {"word_vectors": table}, "feature_norm": stats}}
+    mvars = {"params": mvars["params"], "constants": {"headline_encoder": {"word_vectors": table}, "feature_norm": stats}}
     return backbone, preprocess, bvars, model, mvars, frames, tokens, lengths
 
 
@@ -94,10 +94,10 @@ def test_gradient_times_input_word_scores_for_the_last_state_baseline(case):
     assert "beta" not in out and out["word_scores"].shape == tokens.shape
     # Reference: gradient with respect to the word-vector table (tokens of a row are distinct).
     feats = np.asarray(backbone.apply(bvars, preprocess(frames.reshape(B * N, S, S, 3)))["features"]).reshape(B, N, -1)
-    table = mvars["frozen"]["headline_encoder"]["word_vectors"]
+    table = mvars["constants"]["headline_encoder"]["word_vectors"]
     for b in range(B):
         def score(t):
-            v = {**mvars, "frozen": {**mvars["frozen"], "headline_encoder": {"word_vectors": t}}}
+            v = {**mvars, "constants": {**mvars["constants"], "headline_encoder": {"word_vectors": t}}}
             return model.apply(v, {"features": feats[b:b + 1], "tokens": tokens[b:b + 1],
                                    "lengths": lengths[b:b + 1]})[0, 1]
         g = np.asarray(jax.grad(score)(table))
@@ -109,7 +109,7 @@ def test_attention_headline_reports_beta(case):
     backbone, preprocess, bvars, model, mvars, frames, tokens, lengths = case
     att = build_model(dict(modality="headline", headline_pooling="attention", lstm_hidden=5), vocab_size=12, word_dim=4)
     v = att.init(jax.random.key(4), {"tokens": tokens, "lengths": lengths})
-    v = {"params": v["params"], "frozen": mvars["frozen"]}
+    v = {"params": v["params"], "constants": mvars["constants"]}
     out = make_explainer(backbone, preprocess, att)(bvars, v, frames, tokens, lengths)
     beta = np.asarray(out["beta"])
     np.testing.assert_allclose(beta.sum(-1), 1.0, rtol=1e-6)

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from popjax.models import Attention, HeadlineEncoder, MeanPooling, ResNet, build_model, masked_softmax
 
@@ -74,7 +75,7 @@ def headline_case():
     enc = HeadlineEncoder(vocab_size=vocab, word_dim=dim, lstm_hidden=5, headline_pooling="last")
     variables = enc.init(jax.random.key(0), tokens, lengths)
     table = rng.normal(size=(vocab, dim)).astype(np.float32)
-    variables = {**variables, "frozen": {"word_vectors": table}}
+    variables = {**variables, "constants": {"word_vectors": table}}
     variables.pop("perturbations")
     return enc, variables, tokens, lengths, table
 
@@ -98,7 +99,7 @@ def test_bilstm_attention_states_ignore_padding(headline_case):
     enc, variables, tokens, lengths, table = headline_case
     att = enc.clone(headline_pooling="attention")
     v = att.init(jax.random.key(1), tokens, lengths)
-    v = {"params": v["params"], "frozen": variables["frozen"]}
+    v = {"params": v["params"], "constants": variables["constants"]}
     out, state = att.apply(v, tokens, lengths, mutable=["intermediates"])
     beta = np.asarray(state["intermediates"]["attention"]["beta"][0])
     np.testing.assert_allclose(beta[lengths > 0].sum(-1), 1.0, rtol=1e-6)
@@ -120,23 +121,14 @@ def test_empty_headline_gradients_are_finite():
 
 
 # --------------------------------------------------------------------------------- Table-1 variants
-def _param_paths(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_param_paths(v, f"{prefix}{k}/"))
-        else:
-            out[prefix + k] = tuple(v.shape)
-    return out
-
-
 def _variant_params(modality, frames, words):
     model = build_model(dict(modality=modality, frame_pooling=frames, headline_pooling=words, frame_embed_dim=16,
                              frame_attention_dim=8, lstm_hidden=6, word_attention_dim=8, head_hidden=12),
                         vocab_size=10, word_dim=4)
     batch = {"features": jnp.zeros((2, 18, 2048)), "tokens": jnp.zeros((2, 5), jnp.int32),
              "lengths": jnp.array([5, 3])}
-    return _param_paths(jax.eval_shape(model.init, jax.random.key(0), batch)["params"])
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
+    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
 
 
 def test_baseline_and_attention_variants_differ_only_where_the_paper_says():

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from popjax import cli, experiment, metrics
-from popjax.predict import TrainedModel
+from popjax.trained import TrainedModel
 from synthetic import REPO, load_config, write_features
 
 

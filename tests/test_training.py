@@ -32,6 +32,7 @@ import pytest
 import scipy.stats
 
 from popjax import experiment, metrics, search, training
+from popjax.trained import load_model
 from synthetic import REPO, SMALL, config_file, free_port, load_config, write_features
 
 TIMEOUT = 240
@@ -68,7 +69,7 @@ def read_metrics(workdir) -> dict:
 
 
 def best_variables(workdir) -> tuple[dict, dict]:
-    _, variables, info = experiment.load_model(workdir)
+    _, variables, info = load_model(workdir)
     return variables, info
 
 
@@ -258,7 +259,7 @@ def test_checkpoints_are_spaced_in_time_and_the_last_epoch_is_kept(features, tmp
               "batch_norm": False}
     trial = {"learning_rate": 1e-2, "weight_decay": 1e-4, "input_dropout": 0.0, "dropout": 0.0, "seed": 0}
     saved = []
-    kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
+    kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], constants=data["constants"],
                   train_cfg={"batch_size": 16, "num_epochs": 5, "patience": 5, "checkpoint_every_secs": 3600},
                   workdir=tmp_path, log=lambda r: saved.append(_finished_checkpoints(tmp_path)))
     first = training.fit(data["splits"], static, [trial], **kwargs)
@@ -296,7 +297,7 @@ def test_vmapped_trials_equal_trials_trained_alone(features):
     groups = search.group_by_shape(trials, STATIC)
     assert [idx for _, idx in groups] == [[0, 1, 2], [3, 4]]
 
-    kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
+    kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], constants=data["constants"],
                   train_cfg={"batch_size": 16, "num_epochs": 4, "warmup_epochs": 1, "data_seed": 0})
     results = search.run_trials(trials, data["splits"], static_keys=STATIC, **kwargs)
     together = [training.fit(data["splits"], static, [trials[i] for i in idx], **kwargs) for static, idx in groups]
@@ -338,7 +339,7 @@ def test_headlines_trimmed_to_the_longest_train_the_same_model(features):
              "frame_embed_dim": 16, "frame_attention_dim": 8, "lstm_hidden": 8, "word_attention_dim": 8,
              "head_hidden": 16, "batch_norm": False, "learning_rate": 1e-2, "weight_decay": 1e-4,
              "input_dropout": 0.1, "dropout": 0.3, "seed": 0}
-    kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], frozen=data["frozen"],
+    kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], constants=data["constants"],
                   train_cfg={"batch_size": 16, "num_epochs": 3, "warmup_epochs": 1, "data_seed": 0})
     short, long_ = (training.fit(d, search.static_part(trial, STATIC), [trial], **kwargs) for d in (splits, padded))
     assert short.best_epoch == long_.best_epoch and short.val[0]["accuracy"] == long_.val[0]["accuracy"]
@@ -450,7 +451,7 @@ def test_multimodal_plugs_the_trained_encoders(video, headline, features, tmp_pa
     (video_dir, _), (headline_dir, _) = video, headline
     trained = {"video_encoder": best_variables(video_dir)[0]["params"]["video_encoder"],
                "headline_encoder": best_variables(headline_dir)[0]["params"]["headline_encoder"]}
-    frozen = {**best_variables(video_dir)[0]["frozen"], **best_variables(headline_dir)[0]["frozen"]}
+    constants = {**best_variables(video_dir)[0]["constants"], **best_variables(headline_dir)[0]["constants"]}
     runs = {}
     for finetune in (False, True):
         config = load_config("multimodal_attention", features, **{
@@ -460,7 +461,7 @@ def test_multimodal_plugs_the_trained_encoders(video, headline, features, tmp_pa
         summary = experiment.train_and_evaluate(config, workdir)
         variables, info = best_variables(workdir)
         assert set(variables["params"]) == {"video_encoder", "headline_encoder", "head"}
-        assert_trees_equal(variables["frozen"], frozen)  # same word vectors and feature statistics
+        assert_trees_equal(variables["constants"], constants)  # same word vectors and feature statistics
         assert info["static"]["frame_pooling"] == info["static"]["headline_pooling"] == "attention"
         assert not (workdir / "encoders").exists()  # the given workdirs were used, nothing retrained
         runs[finetune] = variables["params"], summary

@@ -16,7 +16,7 @@ from popjax import files, parallel
 from popjax.data.video import sample_frames
 from popjax.explain import render
 from popjax.explain.gradcam import make_explainer
-from popjax.predict import TrainedModel
+from popjax.trained import TrainedModel
 
 
 class Explainer:

@@ -84,7 +84,7 @@ def make_explainer(backbone_model, preprocess: Callable, model, *, target: str =
                 mutable=["intermediates"])[1]["intermediates"]["last_conv"][0])
             zeros["A"] = jnp.zeros(shape.shape, shape.dtype)
         if uses_words:
-            table = model_vars["frozen"]["headline_encoder"]["word_vectors"]
+            table = model_vars["constants"]["headline_encoder"]["word_vectors"]
             zeros["w"] = jnp.zeros(tokens.shape + (table.shape[-1],), table.dtype)
         if gradients:
             grads, aux = jax.grad(forward, has_aux=True)(zeros, backbone_vars, model_vars, frames, tokens, lengths)
@@ -113,7 +113,7 @@ def make_explainer(backbone_model, preprocess: Callable, model, *, target: str =
             if beta:
                 out["beta"] = beta[0]
             elif gradients:
-                w = jnp.take(model_vars["frozen"]["headline_encoder"]["word_vectors"], tokens, axis=0)
+                w = jnp.take(model_vars["constants"]["headline_encoder"]["word_vectors"], tokens, axis=0)
                 out["word_scores"] = jnp.sum(grads["w"] * w, axis=-1)
         return out
 

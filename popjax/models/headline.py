@@ -1,6 +1,6 @@
 """Headline encoder (paper Sec. 2, "Headline"): frozen word vectors -> biLSTM -> pooling.
 
-Words w_t are looked up in a frozen table (pre-trained GloVe), kept in the ``frozen`` variable collection so
+Words w_t are looked up in a frozen table (pre-trained GloVe), kept in the ``constants`` variable collection so
 that it is checkpointed with the model but never seen by the optimizer. A bidirectional LSTM gives
 h_t = [h_t^fwd; h_t^bwd]. Padded, variable-length headlines are handled exactly: the backward LSTM reads
 each headline's own last word first, padding never enters a state (``popjax.models.lstm``; ``recurrence``
@@ -38,7 +38,7 @@ class HeadlineEncoder(nn.Module):
         """tokens: int [B, T] (0 = padding), lengths: int [B] -> d: [B, 2 * hidden]."""
         if self.headline_pooling not in HEADLINE_POOLINGS:
             raise ValueError(f"unknown headline pooling {self.headline_pooling!r}; expected one of {HEADLINE_POOLINGS}")
-        table = self.variable("frozen", "word_vectors", jnp.zeros, (self.vocab_size, self.word_dim))
+        table = self.variable("constants", "word_vectors", jnp.zeros, (self.vocab_size, self.word_dim))
         w = jnp.take(table.value, tokens, axis=0)  # w_t
         w = self.perturb("word_vectors", w)
         mask = jnp.arange(tokens.shape[-1]) < lengths[..., None]

@@ -44,14 +44,14 @@ class Attention(nn.Module):
 
 
 class Standardize(nn.Module):
-    """x <- (x - mu) / sigma per feature channel, with mu and sigma of the training split kept frozen in the
-    ``frozen`` collection (set by ``popjax.experiment.load_data``; identity until then). ResNet50 features
+    """x <- (x - mu) / sigma per feature channel, with mu and sigma of the training split kept fixed in the
+    ``constants`` collection (set by ``popjax.experiment.load_data``; identity until then). ResNet50 features
     of different channels differ in scale by an order of magnitude, more so with a random backbone."""
 
     @nn.compact
     def __call__(self, x):
-        mean = self.variable("frozen", "mean", jnp.zeros, (x.shape[-1],), jnp.float32)
-        std = self.variable("frozen", "std", jnp.ones, (x.shape[-1],), jnp.float32)
+        mean = self.variable("constants", "mean", jnp.zeros, (x.shape[-1],), jnp.float32)
+        std = self.variable("constants", "std", jnp.ones, (x.shape[-1],), jnp.float32)
         return (x - mean.value) / std.value
 
 
