@@ -17,7 +17,8 @@ Runs are deterministic: the data order of epoch e comes from ``(data_seed, e)`` 
 trial from its own seed. The full state is checkpointed with orbax at the end of an epoch
 (``checkpoints/latest``): the first epoch, then the first epoch at least ``checkpoint_every_secs`` after the
 previous save when no save is under way, and the last epoch; a killed run resumes exactly from the last one. The
-best-by-validation model is kept in ``checkpoints/best``.
+best-by-validation model is kept in ``checkpoints/best``. With a work directory, each trial's curves also go to
+TensorBoard event files in ``tensorboard/`` (``popjax.curves``).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from popjax import metrics, parallel
+from popjax.curves import TrialCurves
 from popjax.models import build_model
 from popjax.ops import lstm as ops_lstm
 
@@ -223,6 +225,7 @@ class FitResult:
     history: list[dict]
     epochs_run: int
     devices: int                  # size of the mesh it trained on
+    p_test: np.ndarray | None = None   # P(popular) [T, n_test] of each trial's best-validation parameters
 
     def select(self) -> int:
         """Index of the trial with the best validation metrics."""
@@ -345,7 +348,9 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
                "since_best": 0, "history": [], "val": [None] * T}
     best = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
 
-    latest = None
+    latest = curves = None
+    if workdir is not None and jax.process_index() == 0:
+        curves = TrialCurves(Path(workdir) / "tensorboard", trials)
     if workdir is not None:
         ckpt_dir = Path(workdir).absolute() / "checkpoints" / "latest"
         # The policy decides on process 0 and broadcasts, so every process saves the same epochs.
@@ -386,6 +391,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
             tracker["epoch"] = epoch + 1
             if log:
                 log(record)
+            if curves is not None:
+                curves(record)
             last = tracker["epoch"] >= num_epochs or tracker["since_best"] >= patience
             if latest is not None and (last or latest.should_save(tracker["epoch"])):
                 # Host copies: the async save must not read buffers that the next (donating) step reuses.
@@ -396,6 +403,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
             bar.set_postfix(val_acc=f"{max(m['accuracy'] for m in val):.3f}")
     finally:  # also on an exception: let the last async save finish
         bar.close()
+        if curves is not None:
+            curves.close()
         if latest is not None:
             latest.wait_until_finished()
             latest.close()
@@ -407,7 +416,8 @@ def fit(data: Mapping[str, Mapping[str, np.ndarray]], static: Mapping, trials: S
     val = [v if v is not None else {"accuracy": math.nan, "spearman": math.nan, "n": 0} for v in tracker["val"]]
     return FitResult(trials=[dict(t) for t in trials], val=val, test=test, best_epoch=tracker["best_epoch"],
                      params=_host_copy(best["params"]), batch_stats=_host_copy(best["batch_stats"]),
-                     history=tracker["history"], epochs_run=tracker["epoch"], devices=mesh.size)
+                     history=tracker["history"], epochs_run=tracker["epoch"], devices=mesh.size,
+                     p_test=np.asarray(p_test) if size.get("test") else None)
 
 
 def _compile_ahead(pool, program: Program, mesh, trial_state, T: int, tables, hp, constants, batch_size: int,

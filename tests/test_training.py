@@ -148,6 +148,29 @@ def headline(features, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------- reference sanity
+def test_every_trial_has_tensorboard_curves_equal_to_its_log(video):
+    """The event files, read back with TensorBoard's own reader, hold each trial's per-epoch loss, validation
+    accuracy and Spearman exactly as log.jsonl records them; curves.png is drawn."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, _ = video
+    log = [json.loads(line) for line in (workdir / "log.jsonl").read_text().splitlines()]
+    runs = sorted(p.name for p in (workdir / "tensorboard").iterdir())
+    assert runs == ["trial_00", "trial_01"]   # the two seeds
+    for t, run in enumerate(runs):
+        events = EventAccumulator(str(workdir / "tensorboard" / run))
+        events.Reload()
+        assert set(events.Tags()["scalars"]) == {"train/loss", "val/accuracy", "val/spearman"}
+        for tag, key in (("train/loss", "train_loss"), ("val/accuracy", "val_accuracy"),
+                         ("val/spearman", "val_spearman")):
+            got = [(e.step, e.value) for e in events.Scalars(tag)]
+            want = [(r["epoch"], np.float32(r[key][t])) for r in log if not math.isnan(r[key][t])]  # NaN: no point
+            assert got == want, (run, tag)
+    with Image.open(workdir / "curves.png") as png:
+        assert png.format == "PNG" and png.size[0] > 600
+
+
 def test_reference_run_learns_and_writes_its_outputs(video):
     workdir, summary = video
     m = read_metrics(workdir)
