@@ -11,6 +11,7 @@ import ml_collections
 def get_config():
     config = ml_collections.ConfigDict()
     config.kind = "train"  # "train": one model; "table1": the rows of config.table1; "demo": everything end to end
+    config.learner = "neural"  # neural: the paper's models; gbdt: boosted trees on mean features (popjax.gbdt)
     config.progress = True  # progress bars
 
     config.data = ml_collections.ConfigDict()
@@ -62,6 +63,24 @@ def get_config():
         "weight_decay": ("log_uniform", 1e-6, 1e-3),
         "input_dropout": ("uniform", 0.0, 0.5),
         "dropout": ("uniform", 0.0, 0.5),
+    })
+
+    # config.learner = "gbdt": HistGradientBoostingClassifier settings, and the search's space over them.
+    config.gbdt = ml_collections.ConfigDict()
+    config.gbdt.learning_rate = 0.1  # shrinkage
+    config.gbdt.max_iter = 100  # boosting rounds
+    config.gbdt.max_leaf_nodes = 15  # per tree
+    config.gbdt.min_samples_leaf = 10
+    config.gbdt.l2_regularization = 0.0
+    config.gbdt.max_features = 0.5  # fraction of the columns each split considers (seeded by the run's seed)
+    config.gbdt.max_bins = 255  # histogram bins per column
+    config.gbdt_space = ml_collections.ConfigDict({
+        "learning_rate": ("log_uniform", 0.02, 0.3),
+        "max_iter": ("choice", 50, 100, 200),
+        "max_leaf_nodes": ("choice", 7, 15, 31),
+        "min_samples_leaf": ("choice", 5, 10, 20),
+        "l2_regularization": ("log_uniform", 1e-3, 10.0),
+        "max_features": ("uniform", 0.2, 1.0),
     })
 
     # Multimodal: trained unimodal work directories whose encoders are plugged in (empty: train them first).

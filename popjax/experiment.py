@@ -20,7 +20,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from popjax import files, models, parallel, search, training
+from popjax import curves, files, metrics, models, parallel, search, training
 from popjax.trained import load_model, save_model
 from popjax.data import dataset
 
@@ -78,6 +78,8 @@ def train_and_evaluate(config, workdir) -> dict:
     publish(workdir / "config.json", config.to_dict())
     modality = config.model.modality
     data = load_data(config.data.features, modality)
+    if config.learner == "gbdt":
+        return _gbdt(config, workdir, data, t_start)
     fit_kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], constants=data["constants"],
                       train_cfg=config.train.to_dict(), progress=config.get("progress", True))
     base = {**config.model.to_dict(), **config.hparams.to_dict(), "seed": config.train.first_seed}
@@ -107,11 +109,17 @@ def train_and_evaluate(config, workdir) -> dict:
     save_model(workdir, variables, info, step=fit.best_epoch[t])
     summary = {
         "val": fit.val[t], "test": fit.test[t], "selected_seed": seeds[t]["seed"], "best_epoch": fit.best_epoch[t],
-        "seeds": _seed_summary(fit), "hparams": seeds[t], "epochs_run": fit.epochs_run,
+        "seeds": _seed_summary(seeds, fit.val, fit.test), "hparams": seeds[t], "epochs_run": fit.epochs_run,
         "devices": fit.devices, "processes": jax.process_count(),
         "backbone": data["meta"].get("backbone"), "seconds": round(time.time() - t_start, 1)}
+    _publish_predictions(workdir, fit.p_test)
     publish(workdir / "metrics.json", summary)
+    if jax.process_index() == 0:
+        curves.plot(fit.history, workdir / "curves.png", title=f"{workdir.name}: {len(seeds)} seeds")
     return summary
+
+
+LEARNERS = ("neural", "gbdt")
 
 
 class ConfigError(ValueError):
@@ -140,6 +148,20 @@ def check_config(config) -> None:
     if m.modality != "video" and m.headline_pooling not in models.HEADLINE_POOLINGS:
         raise ConfigError(f"config.model.headline_pooling = {m.headline_pooling!r}: unknown headline pooling; "
                           f"expected one of {models.HEADLINE_POOLINGS}")
+    if config.learner not in LEARNERS:
+        raise ConfigError(f"config.learner = {config.learner!r}: expected one of {LEARNERS}")
+    if config.learner == "gbdt":
+        from popjax import gbdt
+
+        try:
+            gbdt.check_params(config.gbdt)
+            if config.search.num_trials > 0:
+                search.check_space(config.gbdt_space.to_dict())
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        stray = sorted(set(config.gbdt_space.keys()) - set(config.gbdt.keys()))
+        if stray and config.search.num_trials > 0:
+            raise ConfigError(f"config.gbdt_space: {stray} are not config.gbdt fields")
     if not config.data.features:
         raise ConfigError("config.data.features is empty: point it at a dataset made by `popjax extract`")
     t = config.train
@@ -201,9 +223,48 @@ def _search(config, workdir, base, data, encoders, freeze, fit_kwargs, fixed, st
     return best
 
 
-def _seed_summary(fit: training.FitResult) -> dict:
-    out = {"seed": [tr["seed"] for tr in fit.trials]}
-    for split, results in (("val", fit.val), ("test", fit.test)):
+def _gbdt(config, workdir: Path, data: dict, t_start: float) -> dict:
+    """``train_and_evaluate`` of the gradient-boosted-trees baseline (``popjax.gbdt``): the same search on
+    validation and seeds, the same metrics.json."""
+    from popjax import gbdt
+
+    vectors = data["constants"].get("headline_encoder", {}).get("word_vectors")
+    base = {**config.gbdt.to_dict(), "seed": config.train.first_seed}
+    chosen = base
+    if config.search.num_trials > 0:
+        path = workdir / "search.json"
+        if path.is_file():
+            chosen = json.loads(path.read_text())["best"]
+        else:
+            trials = search.sample_trials(base, config.gbdt_space.to_dict(), config.search.num_trials,
+                                          config.search.seed)
+            results = [{"trial": tr, **{k: r[k] for k in ("val", "test")}}
+                       for tr, r in zip(trials, gbdt.fit(data["splits"], vectors, trials))]
+            chosen = search.best_trial(results)
+            publish(path, {"best": chosen, "trials": results})
+    seeds = [{**chosen, "seed": config.train.first_seed + k} for k in range(config.train.num_seeds)]
+    results = gbdt.fit(data["splits"], vectors, seeds)
+    val, test = [r["val"] for r in results], [r["test"] for r in results]
+    t = max(range(len(seeds)), key=lambda k: metrics.selection_key(val[k]))
+    summary = {"val": val[t], "test": test[t], "selected_seed": seeds[t]["seed"], "best_epoch": None,
+               "seeds": _seed_summary(seeds, val, test), "hparams": seeds[t], "epochs_run": 0, "devices": 0,
+               "processes": jax.process_count(), "backbone": data["meta"].get("backbone"),
+               "seconds": round(time.time() - t_start, 1)}
+    _publish_predictions(workdir, np.stack([r["p_test"] for r in results]))
+    publish(workdir / "metrics.json", summary)
+    return summary
+
+
+def _publish_predictions(workdir: Path, p_test) -> None:
+    """``test_predictions.npy``: P(popular) [seeds, test videos] in the dataset's test order (what the
+    intervals of ``table1`` and studies resample)."""
+    if p_test is not None and jax.process_index() == 0:
+        files.save_npy(workdir / "test_predictions.npy", np.asarray(p_test))
+
+
+def _seed_summary(seeds, val, test) -> dict:
+    out = {"seed": [tr["seed"] for tr in seeds]}
+    for split, results in (("val", val), ("test", test)):
         for metric in ("accuracy", "spearman"):
             values = [r[metric] if r else math.nan for r in results]
             mean, std = search.mean_std(values)
@@ -228,6 +289,7 @@ def table1(config, workdir) -> dict:
         sub = config.copy_and_resolve_references()
         with sub.unlocked():
             sub.model.update(rows_cfg[name].model)
+            sub.learner = rows_cfg[name].get("learner", "neural")
             if rows_cfg[name].get("encoders"):
                 video, headline = rows_cfg[name].encoders
                 sub.multimodal.video_workdir = str(workdir / video) if video in variants else ""

@@ -100,7 +100,7 @@ def write_features(root, num_videos: int = 200, seed: int = 0) -> dict:
 
 
 TABLE1_ROWS = ("video_mean", "video_attention", "headline_lstm", "headline_attention", "multimodal",
-               "multimodal_attention")
+               "multimodal_attention", "gbdt")
 
 
 def config_file(name: str) -> tuple[Path, str]:
