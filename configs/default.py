@@ -10,12 +10,14 @@ import ml_collections
 
 def get_config():
     config = ml_collections.ConfigDict()
-    config.kind = "train"  # "train": one model; "table1": the rows of config.table1; "demo": everything end to end
+    config.kind = "train"  # train: one model; table1: the rows of config.table1; study: config.study; demo: all
     config.learner = "neural"  # neural: the paper's models; gbdt: boosted trees on mean features (popjax.gbdt)
     config.progress = True  # progress bars
 
     config.data = ml_collections.ConfigDict()
     config.data.features = ""  # a dataset directory written by `popjax extract`
+    config.data.frames = "all"  # the stored frames a model sees: all | first:K | every:M | seconds:S
+    config.data.word_vectors = ""  # a glove.*.txt that re-embeds the vocabulary (empty: the dataset's vectors)
 
     # Shapes and structure (paper Sec. 2); the search may change them.
     config.model = ml_collections.ConfigDict()
@@ -94,6 +96,15 @@ def get_config():
     config.table1 = ml_collections.ConfigDict()
     config.table1.variants = ()
     config.table1.rows = ml_collections.ConfigDict()
+
+    # kind "study": cells over config fields (popjax.study), compared on the same test videos.
+    config.study = ml_collections.ConfigDict()
+    config.study.grid = ()  # ((field, (value, ...)), ...), e.g. (("model.frame_pooling", ("mean", "attention")),)
+    config.study.variants = ()  # ((name, {field: value, ...}), ...): named cells (crossed with the grid if both)
+    config.study.reference = ""  # the cell the others are compared with (empty: the first)
+    config.study.n_resamples = 2000  # bootstrap and permutation resamples
+    config.study.confidence = 0.95  # of the intervals
+    config.study.seed = 0  # draws the resamples
 
     # kind "demo": the synthetic corpus and its extraction (configs/demo.py).
     config.demo = ml_collections.ConfigDict()

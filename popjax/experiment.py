@@ -21,14 +21,17 @@ import jax
 import numpy as np
 
 from popjax import curves, files, metrics, models, parallel, search, training
+from popjax import study as study_lib
 from popjax.trained import load_model, save_model
 from popjax.data import dataset
 
 
 
 # --------------------------------------------------------------------------------------------- data
-def load_data(features_dir, modality: str) -> dict:
-    """Splits as model inputs, the constants word vectors and the dataset's metadata."""
+def load_data(features_dir, modality: str, frames="all", word_vectors: str = "") -> dict:
+    """Splits as model inputs, the model's constants (word vectors, feature statistics) and the dataset's
+    metadata. ``frames``: which of the stored frames the model sees (``frame_indices``); ``word_vectors``: a
+    ``glove.*.txt`` file that re-embeds the dataset's vocabulary in place of its own vectors (empty: its own)."""
     features_dir = Path(features_dir)
     meta = dataset.read_metadata(features_dir)
     data = {}
@@ -37,16 +40,55 @@ def load_data(features_dir, modality: str) -> dict:
         if not arrays:
             raise ValueError(f"{features_dir}: the {split!r} split is empty; training needs train, val and test")
         data[split] = training.model_inputs(arrays, modality)
+    seen = frame_indices(frames, meta["num_frames"], meta["seconds"])
+    if modality != "headline" and len(seen) < meta["num_frames"]:
+        for split in data.values():
+            split["features"] = split["features"][:, seen]
     if modality != "video":
         trim_headlines(data)
     vectors = np.load(features_dir / meta["word_vectors"], allow_pickle=False)
+    if word_vectors:
+        vectors = reembed(features_dir / meta["vocab"], word_vectors)
     constants = {}
     if modality != "headline":
         constants["feature_norm"] = feature_statistics(data["train"]["features"])
     if modality != "video":
         constants["headline_encoder"] = {"word_vectors": vectors}
     return {"splits": data, "meta": meta, "constants": constants, "vocab_size": int(vectors.shape[0]),
-            "word_dim": int(vectors.shape[1])}
+            "word_dim": int(vectors.shape[1]), "frames": [int(i) for i in seen]}
+
+
+def frame_indices(spec, num_frames: int, seconds: float) -> np.ndarray:
+    """The stored frames a model sees, of the ``num_frames`` sampled evenly over the first ``seconds``:
+    ``"all"``; ``"first:K"`` (or the number K): the first K; ``"every:M"``: frames 0, M, 2M, ...;
+    ``"seconds:S"``: those sampled within the first S seconds (their target times (i + 1/2) * seconds / N)."""
+    text = str(spec).strip()
+    kind, _, value = text.rpartition(":")
+    kind = kind or ("all" if value == "all" else "first")
+    try:
+        if kind == "all":
+            return np.arange(num_frames)
+        if kind == "first" and 1 <= int(value) <= num_frames:
+            return np.arange(int(value))
+        if kind == "every" and 1 <= int(value) <= num_frames:
+            return np.arange(0, num_frames, int(value))
+        if kind == "seconds" and float(value) > 0:
+            return np.flatnonzero((np.arange(num_frames) + 0.5) * (seconds / num_frames) < float(value))
+    except ValueError:
+        pass
+    raise ValueError(f"frames {spec!r}: expected 'all', 'first:K' (1 <= K <= {num_frames}), 'every:M' "
+                     f"(1 <= M <= {num_frames}) or 'seconds:S' (S > 0)")
+
+
+def reembed(vocab_path, glove_path) -> np.ndarray:
+    """The embedding matrix of a dataset's vocabulary from another ``glove.*.txt`` file: row i = the vector of
+    word i there, zero rows for <pad>, <unk> and the words that file lacks."""
+    from popjax.data.text import Vocabulary, WordVectors
+
+    vocab = Vocabulary.load(vocab_path)
+    vectors = WordVectors.load(glove_path, words=vocab.itos[2:])
+    matrix, _ = vectors.lookup(vocab.itos[2:])
+    return np.concatenate([np.zeros((2, vectors.dim), np.float32), np.asarray(matrix, np.float32)])
 
 
 def trim_headlines(splits: Mapping[str, dict]) -> int:
@@ -77,7 +119,7 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     publish(workdir / "config.json", config.to_dict())
     modality = config.model.modality
-    data = load_data(config.data.features, modality)
+    data = load_data(config.data.features, modality, config.data.frames, config.data.word_vectors)
     if config.learner == "gbdt":
         return _gbdt(config, workdir, data, t_start)
     fit_kwargs = dict(vocab_size=data["vocab_size"], word_dim=data["word_dim"], constants=data["constants"],
@@ -105,7 +147,7 @@ def train_and_evaluate(config, workdir) -> dict:
     info = {"static": static, "hparams": seeds[t], "vocab_size": data["vocab_size"],
             "word_dim": data["word_dim"], "features": str(Path(config.data.features).absolute()),
             "backbone": data["meta"].get("backbone"), "val": fit.val[t], "test": fit.test[t],
-            "best_epoch": fit.best_epoch[t]}
+            "best_epoch": fit.best_epoch[t], "frames": data["frames"], "word_vectors": config.data.word_vectors}
     save_model(workdir, variables, info, step=fit.best_epoch[t])
     summary = {
         "val": fit.val[t], "test": fit.test[t], "selected_seed": seeds[t]["seed"], "best_epoch": fit.best_epoch[t],
@@ -164,6 +206,16 @@ def check_config(config) -> None:
             raise ConfigError(f"config.gbdt_space: {stray} are not config.gbdt fields")
     if not config.data.features:
         raise ConfigError("config.data.features is empty: point it at a dataset made by `popjax extract`")
+    if config.data.word_vectors and not Path(config.data.word_vectors).is_file():
+        raise ConfigError(f"config.data.word_vectors = {config.data.word_vectors!r}: no such file")
+    try:   # the frames against the dataset's, where its metadata can be read (a missing one: reported later)
+        meta = dataset.read_metadata(config.data.features)
+    except (FileNotFoundError, ValueError):
+        meta = {"num_frames": 1 << 30, "seconds": 1.0}
+    try:
+        frame_indices(config.data.frames, meta["num_frames"], meta["seconds"])
+    except ValueError as e:
+        raise ConfigError(f"config.data.frames: {e}") from None
     t = config.train
     for field, low in (("batch_size", 1), ("num_epochs", 1), ("num_seeds", 1), ("patience", 1),
                        ("warmup_epochs", 0), ("checkpoint_every_secs", 0), ("devices", 0)):
@@ -284,7 +336,7 @@ def table1(config, workdir) -> dict:
     if unknown:  # before training anything
         raise ConfigError(f"config.table1.variants: unknown Table-1 row(s) {unknown}; expected some of "
                           f"{list(rows_cfg)}")
-    rows = []
+    rows, cells = [], []
     for name in variants:
         sub = config.copy_and_resolve_references()
         with sub.unlocked():
@@ -299,20 +351,52 @@ def table1(config, workdir) -> dict:
         rows.append({"variant": name, "accuracy": s["test_accuracy_mean"], "accuracy_std": s["test_accuracy_std"],
                      "spearman": s["test_spearman_mean"], "spearman_std": s["test_spearman_std"],
                      "seeds": len(s["seed"])})
-    table = {"rows": rows, "paper": {k: {"accuracy": row.paper[0] / 100, "spearman": row.paper[1]}
-                                     for k, row in rows_cfg.items() if row.get("paper")}}
+        cells.append({"name": name, "settings": rows_cfg[name].to_dict(), "dir": str(workdir / name),
+                      "config": sub.to_dict(), "seconds": result.get("seconds")})
+    # Table 1 as a study: 95% intervals over test videos, each row against the first (the paper's baseline).
+    st = config.study
+    comparison = study_lib.compare(cells, variants[0], n_resamples=st.n_resamples, confidence=st.confidence,
+                                   seed=st.seed)
+    for row, cell in zip(rows, comparison["cells"]):
+        row.update({"accuracy_ci": cell["accuracy"]["ci"], "spearman_ci": cell["spearman"]["ci"],
+                    "vs_reference": cell["vs_reference"]})
+    table = {"rows": rows, "reference": variants[0], "confidence": st.confidence, "n_test": comparison["n_test"],
+             "paper": {k: {"accuracy": row.paper[0] / 100, "spearman": row.paper[1]}
+                       for k, row in rows_cfg.items() if row.get("paper")}}
     publish(workdir / "table1.json", table)
     publish(workdir / "table1.md", format_table1(table))
+    if jax.process_index() == 0:
+        files.write_bytes(workdir / "table1.png", study_lib.plot(comparison, "Table 1"))
     return table
 
 
 def format_table1(table: Mapping) -> str:
-    lines = ["| Variant | Acc [%] | Spearman | Paper acc [%] | Paper Spearman | seeds |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """The Markdown table: per row the test accuracy and Spearman (mean ± std over seeds, the bootstrap
+    interval over test videos), the paired difference from the reference row with its p-value, the paper's."""
+    level = f"{100 * table.get('confidence', 0.95):g}%"
+    ref = table.get("reference", "")
+    lines = [f"| Variant | Acc [%] | {level} CI | Δ acc vs {ref} (p) | Spearman | {level} CI "
+             f"| Δ Spearman (p) | Paper acc [%] | Paper Spearman | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def ci(r, metric, scale, digits):
+        lo, hi = r.get(f"{metric}_ci") or (math.nan, math.nan)
+        return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+    def delta(r, metric, scale, digits):
+        if r["variant"] == ref:
+            return "reference"
+        d = (r.get("vs_reference") or {}).get(metric)
+        if not d:
+            return "n/a"
+        return f"{scale * d['diff']:+.{digits}f} ({d['p_value']:.3f})"
+
     for r in table["rows"]:
         paper = table["paper"].get(r["variant"], {})
         lines.append(f"| {r['variant']} | {100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f} "
-                     f"| {r['spearman']:.3f} ± {r['spearman_std']:.3f} "
+                     f"| {ci(r, 'accuracy', 100, 2)} | {delta(r, 'accuracy', 100, 2)} "
+                     f"| {r['spearman']:.3f} ± {r['spearman_std']:.3f} | {ci(r, 'spearman', 1, 3)} "
+                     f"| {delta(r, 'spearman', 1, 3)} "
                      f"| {100 * paper.get('accuracy', math.nan):.2f} | {paper.get('spearman', math.nan):.3f} "
                      f"| {r['seeds']} |")
     return "\n".join(lines) + "\n"

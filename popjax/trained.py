@@ -17,6 +17,7 @@ from popjax import files, parallel, training
 from popjax.backbone import Backbone
 from popjax.data import dataset
 from popjax.data.text import Vocabulary
+from popjax.data.video import SampledFrames, sample_frames
 from popjax.extract import Settings, frames_per_call
 
 
@@ -92,6 +93,18 @@ class TrainedModel:
     def uses_video(self) -> bool:
         return self.backbone is not None
 
+    @property
+    def frames(self) -> np.ndarray:
+        """Which of the ``settings.num_frames`` sampled frames the model sees (``config.data.frames``)."""
+        return np.asarray(self.info.get("frames") or range(self.settings.num_frames), np.int64)
+
+    def sample_frames(self, video) -> SampledFrames:
+        """The frames of ``video`` the model sees, sampled as its dataset's were (``VideoError`` if it cannot be
+        decoded)."""
+        s = sample_frames(video, self.settings.num_frames, self.settings.seconds, self.backbone.metadata["image_size"],
+                          timeout=self.settings.video_timeout, decoder=self.settings.decoder)
+        return dataclasses.replace(s, frames=s.frames[self.frames], timestamps=np.asarray(s.timestamps)[self.frames])
+
     def encode_headlines(self, headlines: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """Token ids [B, T], lengths [B] and the tokens themselves (for word-level explanations)."""
         T = self.settings.max_words
@@ -103,11 +116,12 @@ class TrainedModel:
         return tokens, lengths, words
 
     def p_popular(self, features=None, tokens=None, lengths=None) -> np.ndarray:
-        """P(popular) for up to ``batch_size`` videos; ``features`` [B, N, 2048] are rounded to float16 as in
-        the dataset. Padded to a static batch, split over this process's devices."""
+        """P(popular) for up to ``batch_size`` videos; ``features`` [B, N, 2048] of the N sampled frames are
+        rounded to float16 as in the dataset, and the model sees its ``frames`` of them. Padded to a static
+        batch, split over this process's devices."""
         batch = {}
         if self.uses_video:
-            batch["features"] = np.asarray(features, np.float16).astype(np.float32)
+            batch["features"] = np.asarray(features, np.float16)[:, self.frames].astype(np.float32)
         if self.vocab is not None:
             batch["tokens"], batch["lengths"] = np.asarray(tokens, np.int32), np.asarray(lengths, np.int32)
         n = len(next(iter(batch.values())))

@@ -16,9 +16,30 @@ def run(config, workdir) -> dict:
         return experiment.train_and_evaluate(config, workdir)
     if kind == "table1":
         return experiment.table1(config, workdir)
+    if kind == "study":
+        return study(config, workdir)
     if kind == "demo":
         return demo(config, workdir)
-    raise experiment.ConfigError(f"config.kind = {kind!r}; expected 'train', 'table1' or 'demo'")
+    raise experiment.ConfigError(f"config.kind = {kind!r}; expected 'train', 'table1', 'study' or 'demo'")
+
+
+def study(config, workdir) -> dict:
+    """Every cell of ``config.study`` trained, then W/study.json, study.md and study.png (``popjax.study``)."""
+    import jax
+
+    from popjax import study as study_lib
+
+    try:
+        study_lib.check(config)
+    except ValueError as e:
+        raise experiment.ConfigError(str(e)) from None
+    for _, settings in study_lib.cells(config):   # every cell's config checked before the first trains
+        experiment.check_config(study_lib.cell_config(config, settings))
+    result = study_lib.run(config, workdir, experiment.train_and_evaluate)
+    if jax.process_index() == 0:
+        paths = study_lib.write(result, workdir, title=f"Study {Path(workdir).name}")
+        print(Path(paths["md"]).read_text() + f"\n{', '.join(paths.values())}")
+    return result
 
 
 def demo(config, workdir) -> dict:

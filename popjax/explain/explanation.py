@@ -13,7 +13,6 @@ import jax
 import numpy as np
 
 from popjax import files, parallel
-from popjax.data.video import sample_frames
 from popjax.explain import render
 from popjax.explain.gradcam import make_explainer
 from popjax.trained import TrainedModel
@@ -67,8 +66,7 @@ class Explainer:
             chunk, heads = list(videos[start:start + self.batch]), list(headlines[start:start + self.batch])
             frames, timestamps = None, [None] * len(chunk)
             if self.trained.uses_video:
-                sampled = [sample_frames(v, self.trained.settings.num_frames, self.trained.settings.seconds,
-                                         self.trained.backbone.metadata["image_size"]) for v in chunk]
+                sampled = [self.trained.sample_frames(v) for v in chunk]
                 frames, timestamps = np.stack([s.frames for s in sampled]), [s.timestamps for s in sampled]
             out = self.arrays(frames, heads)
             for b, (video, headline) in enumerate(zip(chunk, heads)):

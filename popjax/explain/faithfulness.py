@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from popjax.data import manifest as manifest_lib
-from popjax.data.video import VideoError, sample_frames
+from popjax.data.video import VideoError
 from popjax.explain import render
 from popjax.explain.explanation import Explainer
 
@@ -65,11 +65,11 @@ def top_cells(raw: np.ndarray, m: int) -> list:
     return [divmod(int(c), K) for c in np.argsort(-raw.ravel(), kind="stable")[:m]]
 
 
-def _sample(rows, trained, size):
+def _sample(rows, trained):
     out = []
     for r in rows:
         try:
-            out.append((r, sample_frames(r.video, trained.settings.num_frames, trained.settings.seconds, size)))
+            out.append((r, trained.sample_frames(r.video)))
         except VideoError:
             continue
     return out
@@ -104,7 +104,7 @@ def evaluate(explainer: Explainer, manifest_path, truth_path, split: str = "test
             word_hits.append(words[int(np.argmax(out["beta"][b][:len(words)]))] in set(record["cue_words"]))
 
     for chunk in _chunks(visual, B):
-        batch = _sample(chunk, trained, size)
+        batch = _sample(chunk, trained)
         if not batch:
             continue
         heads = [r.headline for r, _ in batch]
@@ -129,7 +129,7 @@ def evaluate(explainer: Explainer, manifest_path, truth_path, split: str = "test
         for d in range(random_draws):
             random_scores[d] += list(explainer.arrays(np.stack(deleted_random[d]), heads)["score"])
     for chunk in _chunks(words_only, B):
-        batch = _sample(chunk, trained, size)
+        batch = _sample(chunk, trained)
         if batch:
             out = explainer.arrays(np.stack([s.frames for _, s in batch]), [r.headline for r, _ in batch])
             for b, (row, _) in enumerate(batch):
