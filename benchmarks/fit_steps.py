@@ -89,7 +89,7 @@ def host_ms_per_step(arrays, batch: int, devices: int) -> float:
     if hasattr(training, "epoch_indices"):
         fn = lambda: jax.block_until_ready(training.epoch_indices(n, batch, mesh, 0, 0))  # noqa: E731
         return round(1e3 * median(per_call(fn, 20, warmup=3)) / steps, 3)
-    # a popjax whose fit gathers each batch on the host (the "before" of RESULTS.md's table)
+    # an older popjax whose fit gathers each batch on the host (the "before" column of RESULTS.md's fit table)
     idx, weights = next(training.batch_indices(n, batch, 0, 0))
     fn = lambda: jax.block_until_ready(training.global_batch(arrays, idx, weights, mesh))  # noqa: E731
     return round(1e3 * median(per_call(fn, 20, warmup=3)), 3)

@@ -233,7 +233,7 @@ def main() -> None:
         t = time.perf_counter()
         try:
             doc[name] = runs[name]()
-        except Exception as e:   # keep the other sections: this is a one-shot run on a lent machine
+        except Exception as e:   # keep the other sections: a GPU run is a one-shot run
             doc[name] = {"error": f"{type(e).__name__}: {e}"}
             print(f"  {name} failed: {doc[name]['error']}", flush=True)
         doc["sections_s"][name] = round(time.perf_counter() - t, 1)
