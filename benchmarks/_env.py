@@ -1,7 +1,12 @@
 """What every benchmark records beside its numbers: when, on what, with which versions, run how
 (``environment``, ``write_result``).
 
-Also the small helpers the benchmarks share: a per-call timer and the relative error the tests use.
+Also the small helpers the benchmarks share: the one timer (``per_call``), timing several implementations in
+interleaved rounds (``interleaved``), a markdown table as RESULTS.md holds them (``markdown_table``), and the
+relative error the tests use.
+
+Scripts run as ``python benchmarks/NAME.py``: this folder is then ``sys.path[0]``, so ``from _env import ...`` and
+imports of sibling scripts work as they are.
 """
 from __future__ import annotations
 
@@ -69,20 +74,53 @@ def write_result(path, doc: dict) -> Path:
     return path
 
 
-def per_call(fn, calls: int, warmup: int = 1) -> list[float]:
-    """Seconds of each of ``calls`` calls of ``fn()`` after ``warmup`` untimed ones (fn must block)."""
+def per_call(fn, calls: int, warmup: int = 1, max_seconds: float | None = None,
+             outputs: list | None = None) -> list[float]:
+    """Seconds of each of ``calls`` calls of ``fn()`` after ``warmup`` untimed ones (``fn`` must block until its
+    work is done). With ``max_seconds``, stops early once the timed calls took that long (after at least 2);
+    with ``outputs``, each timed call's return value is appended to it (e.g. a first call's result)."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(calls):
+    while len(times) < calls and (max_seconds is None or len(times) < 2 or sum(times) < max_seconds):
         t = time.perf_counter()
-        fn()
+        out = fn()
         times.append(time.perf_counter() - t)
+        if outputs is not None:
+            outputs.append(out)
+    return times
+
+
+def interleaved(calls: dict, rounds: int, per_round: int = 1) -> dict[object, list[float]]:
+    """Per key: the seconds of each of ``rounds * per_round`` calls of ``calls[key]()`` (which must block), timed in
+    ``rounds`` rounds that visit every key in turn, ``per_round`` calls each (A A B B C C A A ...), so that a drift
+    of a shared machine's speed over the run reaches all of them alike instead of whichever ran first or last.
+    Every fn should have been called once before (compilation, warm-up)."""
+    times = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, fn in calls.items():
+            times[k] += per_call(fn, per_round, warmup=0)
     return times
 
 
 def median(xs):
     return statistics.median(xs)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """``rows`` under ``header`` as a markdown table, as RESULTS.md holds them: columns whose cells are all numbers
+    (or empty) right-aligned; None prints as an empty cell."""
+    def cell(v):
+        return "" if v is None else str(v)
+
+    def numeric(j):
+        values = [r[j] for r in rows if r[j] not in (None, "")]
+        return bool(values) and all(isinstance(v, (int, float)) for v in values)
+
+    align = ["---:" if numeric(j) else "---" for j in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def rel_err(a, b) -> float:

@@ -1,5 +1,7 @@
-"""Where XLA:CPU spends ResNet50's time: the repeated convolution shapes (stride 1) and the stem, each alone, GFLOP/s, and rewrites of the
-slow ones checked against ``lax.conv_general_dilated``.
+"""Where does XLA:CPU spend ResNet50's time, and which form of each convolution is fastest?
+
+The repeated convolution shapes (stride 1) and the stem, each alone, ms and GFLOP/s, and rewrites of the slow ones
+checked against ``lax.conv_general_dilated``.
 
 One JAX device (XLA's own intra-op threads), ``--dtype`` (fp32 or bf16), NHWC, batch ``--batch``; median of
 ``--calls`` calls after a warm-up; freed memory retained as the ``popjax`` command does (``--system-malloc``: not).
@@ -17,22 +19,17 @@ Rows, besides XLA's own convolution:
   to all 9 taps' outputs, then 9 shifted adds), ``s2d stem`` (the 7x7 stride-2 stem as a 4x4 stride-1 conv on
   the 2x2 space-to-depth input, the MLPerf TPU trick).
 
-    python benchmarks/conv_layers.py [--dtype fp32|bf16] [--batch 32] [--calls 5]
-                                     [--out benchmarks/out/conv_layers.json]
+    python benchmarks/conv_layers.py [--dtype fp32|bf16] [--batch 32] [--calls 5] [--markdown]
+                                     [--out benchmarks/out/conv_layers[_bf16].json]
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from _env import environment, median, per_call, write_result  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _env import environment, markdown_table, median, per_call, write_result
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -118,6 +115,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default benchmarks/out/conv_layers[_bf16].json")
     parser.add_argument("--system-malloc", action="store_true",
                         help="glibc's defaults instead of popjax's retained memory (runtime.retain_freed_memory)")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
     args = parser.parse_args()
     bf16 = args.dtype == "bf16"
     dtype = jnp.bfloat16 if bf16 else jnp.float32
@@ -161,6 +159,13 @@ def main() -> None:
                          "gflop_per_s": round(flop / s / 1e9, 1), "rel_err": float(f"{err:.1e}")})
             print(f"{name:22s} {impl:28s} {1e3 * s:8.1f} ms {flop / s / 1e9:6.0f} GFLOP/s  "
                   f"x{blocks} blocks  err {err:.0e}", flush=True)
+    if args.markdown:
+        impls = list(dict.fromkeys(r["impl"] for r in rows))
+        layers_ = list(dict.fromkeys((r["layer"], r["blocks"]) for r in rows))
+        ms = {(r["layer"], r["impl"]): r["ms"] for r in rows}
+        print(f"\n{args.dtype}, batch {B}, ms per call")
+        print(markdown_table(["layer (x blocks)"] + impls,
+                             [[f"{name} (x{blocks})"] + [ms.get((name, i)) for i in impls] for name, blocks in layers_]))
     doc = {"what": f"single conv layers of ResNet50, {args.dtype} NHWC, batch {B}, one JAX device",
            "environment": environment(), "rows": rows}
     print(f"-> {write_result(args.out, doc)}")

@@ -1,12 +1,14 @@
-"""Decoding throughput: ``sample_frames`` (18 frames of the first 6 s at 224 x 224, one ffmpeg per video) with
-1 and 2 decode workers (each ffmpeg with its own decoder thread count: ffmpeg's choice, or 1), on the real clips shipped with the test dependencies and on generated H.264 clips
-(6 s, 30 fps, 360p / 720p / 1080p, with grain so that they cost what camera footage costs); videos/s, and the
-core-seconds each video takes (ffmpeg's CPU time plus this process's, from ``getrusage``). From the
-core-seconds: the projection for a host with more cores (``--project-cores``), against a backbone rate
-(``--backbone-frames-per-s``: what one accelerator encodes, e.g. from ``benchmarks/gpu.py``).
+"""How fast does a host decode videos, and how many cores would feed an accelerator?
+
+``sample_frames`` (18 frames of the first 6 s at 224 x 224, one ffmpeg per video) with 1 and 2 decode workers
+(each ffmpeg with its own decoder thread count: ffmpeg's choice, or 1), on the real clips shipped with the test
+dependencies and on generated H.264 clips (6 s, 30 fps, 360p / 720p / 1080p, with grain so that they cost what
+camera footage costs); videos/s, and the core-seconds each video takes (ffmpeg's CPU time plus this process's, from
+``getrusage``). From the core-seconds: the projection for a host with more cores (``--project-cores``), against a
+backbone rate (``--backbone-frames-per-s``: what one accelerator encodes, e.g. from ``benchmarks/gpu.py``).
 
     python benchmarks/decode.py [--clips 4] [--project-cores 16] [--backbone-frames-per-s 30000] [--sizes 720p ...]
-        [--workers 1 2] [--ffmpeg-threads 0 1] [--decoder cpu cuda] [--out benchmarks/out/decode.json]
+        [--workers 1 2] [--ffmpeg-threads 0 1] [--decoder cpu cuda] [--markdown] [--out benchmarks/out/decode.json]
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _env import environment, write_result
+from _env import environment, markdown_table, write_result
 from frame_sampling import real_videos
 from popjax.data.video import NUM_FRAMES, ffmpeg_exe, sample_frames
 
@@ -77,6 +79,7 @@ def main() -> None:
                         help="ffmpeg decoder threads per video (0: ffmpeg's choice, one per core)")
     parser.add_argument("--decoder", nargs="+", default=["cpu"], choices=["cpu", "cuda"])
     parser.add_argument("--clip-dir", default="benchmarks/out/decode_clips", help="kept between runs")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
     parser.add_argument("--out", default="benchmarks/out/decode.json")
     args = parser.parse_args()
     env = environment()
@@ -101,6 +104,14 @@ def main() -> None:
         print(f"{r['corpus']:36s} {r['clips']:5d} {r['decoder']:>7s} {r['workers']:7d} {r['ffmpeg_threads']:7d} "
               f"{r['videos_per_s']:9.2f} "
               f"{r['core_s_per_video']:12.3f} {r['projected_frames_per_s']:14.0f} {vs}")
+    if args.markdown:
+        print("\n" + markdown_table(
+            ["corpus", "clips", "decoder", "workers", "ffmpeg threads", "videos/s", "core-s / video",
+             f"{args.project_cores}-core projection, frames/s"]
+            + ([f"/ {args.backbone_frames_per_s:g}"] if args.backbone_frames_per_s else []),
+            [[r["corpus"], r["clips"], r["decoder"], r["workers"], r["ffmpeg_threads"], r["videos_per_s"],
+              r["core_s_per_video"], round(r["projected_frames_per_s"])]
+             + ([r["projected_over_backbone"]] if args.backbone_frames_per_s else []) for r in rows]))
     version = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
     doc = {"what": "sample_frames decode throughput and core-seconds per video, with a many-core projection",
            "environment": env, "ffmpeg": version, "project_cores": args.project_cores,

@@ -1,5 +1,6 @@
-"""Peak resident memory of ``popjax extract`` against the corpus size: a streaming extraction holds a bounded
-number of videos (the decoder's read-ahead and at most two shards' examples), so its peak should not grow
+"""Does the peak resident memory of ``popjax extract`` grow with the corpus size?
+
+A streaming extraction holds a bounded number of videos (the decoder's read-ahead and at most two shards' examples), so its peak should not grow
 with the number of videos.
 
 Runs the ``popjax extract`` command (random ResNet50, default settings) in a fresh process per corpus size,
@@ -7,14 +8,15 @@ each on the synthetic demo corpus of that size, and reads the process's peak RSS
 over time from ``/proc``: the peak comes from start-up, not from the videos). One
 unrecorded run first fills the compilation cache, so that no measured run compiles while the others do not.
 
-    python benchmarks/extract_memory.py [--videos 96 384] [--shard-videos 64] [--out benchmarks/out/extract_memory.json]
+    python benchmarks/extract_memory.py [--videos 96 384] [--shard-videos 64] [--markdown]
+                                        [--out benchmarks/out/extract_memory.json]
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from _env import environment, write_result
+from _env import environment, markdown_table, write_result
 from extraction import demo_corpus, end_to_end
 
 
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--shard-videos", type=int, default=64, help="popjax extract --shard-videos")
     parser.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core)")
     parser.add_argument("--corpus", default="benchmarks/out/demo_corpus", help="kept between runs")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
     parser.add_argument("--out", default="benchmarks/out/extract_memory.json")
     args = parser.parse_args()
 
@@ -42,6 +45,11 @@ def main() -> None:
     for n, r in zip(args.videos, runs):
         print(f"{n:7d} {r['peak_rss_mib']:13.1f} {r['peak_rss_mib'] / base:9.3f} {r['rss_max_second_half_mib']:13.1f} "
               f"{r['wall_s']:8.1f} {r['videos_per_s']:9.3f}")
+    if args.markdown:
+        print("\n" + markdown_table(
+            ["videos", "peak RSS MiB", f"vs {args.videos[0]}", "RSS 2nd half MiB", "wall s", "videos/s"],
+            [[n, r["peak_rss_mib"], round(r["peak_rss_mib"] / base, 3), r["rss_max_second_half_mib"], r["wall_s"],
+              r["videos_per_s"]] for n, r in zip(args.videos, runs)]))
     doc = {"what": "peak RSS of popjax extract (random ResNet50) on the SYNTHETIC demo corpus, by corpus size",
            "videos": args.videos, "num_frames": args.num_frames, "batch_size": args.batch_size,
            "shard_videos": args.shard_videos, "environment": env, "runs": runs,

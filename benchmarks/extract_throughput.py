@@ -1,6 +1,6 @@
-"""ResNet50 feature-extraction throughput: popjax (JAX/XLA) vs onnxruntime vs PyTorch, same weights, same frames.
+"""How fast does popjax compute ResNet50 features, against onnxruntime and PyTorch on the same weights and frames?
 
-One torch ResNet50 with torchvision's parameter names (popjax.testing.torch_resnet, random weights, randomised
+One torch ResNet50 with torchvision's parameter names (``popjax.testing.torch_resnet``, random weights, randomised
 BatchNorm statistics) is the single source of weights:
 
 * popjax:      its state dict saved as .safetensors -> ``popjax.weights.convert("torchvision", ...)`` ->
@@ -16,68 +16,53 @@ BatchNorm statistics) is the single source of weights:
 Every implementation is timed from the SAME uint8 RGB frames [B, 224, 224, 3] (numpy, on the host) to float32
 features [B, 2048] (numpy, on the host), preprocessing INCLUDED in the timed region and done inside each
 framework's own graph: popjax inside its jit (``Backbone.features``), torch and onnxruntime by a wrapper
-module (NHWC uint8 -> NCHW float, /255, ImageNet mean/std; exported to ONNX with the network). The outputs
-are compared (max |a - b| / max |b| against torch fp32). Every implementation is built and called once first;
-then the timed calls run in rounds that visit all of them in turn (``--rounds`` x ``--calls``), so that a
-drift of a shared machine's speed during the run reaches them alike; a row is the median of its calls.
+module (NHWC uint8 -> NCHW float, /255, ImageNet mean/std as ``popjax.weights.PREPROCESSING["torch"]``; exported
+to ONNX with the network). The outputs are compared (max |a - b| / max |b| against torch fp32). Every
+implementation is built and called once first; then the timed calls run in rounds that visit all of them in turn
+(``--rounds`` x ``--calls``), so that a drift of a shared machine's speed during the run reaches them alike; a row
+is the median of its calls.
 
 Achieved FLOP/s: conv multiply-adds per 224 x 224 image are counted on the torch module (hooks), x2, and
 images/s x FLOP/image is compared with a peak measured in the same run: square matmuls (jnp.dot, torch.mm)
 in fp32 and bf16 (jnp.dot bf16 with a float32 result, as popjax's bf16 layers compute, and with a bf16 result,
 which XLA:CPU runs in fp32), measured before and after the model rows (the best of the two is the peak).
 
-End to end: ``popjax extract --weights`` (the converted weights above) on the synthetic demo corpus
-(``benchmarks/extraction.py``'s corpus, extract run and decode timing) in a fresh process, vs decode only
-and the backbone alone (popjax fp32 over all devices at the call size extract uses), with the serial bound
-1 / (1/decode + 1/backbone); its wall time is split into process start, work outside the decode+encode loop
-(weights, compilation outside the loop, dataset assembly) and the loop, and the loop into its first backbone
-call (kernel transforms, XLA compilation: one-time, 3-7 s with a cold compilation cache) and the rest. Full
-runs use 96 videos (~80 s of work, where the one-time cost weighs as in a real extraction; on 24 it was 14-25%
-of the loop) and also time extract's default random backbone (He init + BatchNorm calibration), which
-finds the first extract's program in the persistent compilation cache.
+``popjax extract`` end to end with these converted weights: ``benchmarks/extraction.py --weights converted``.
 
-    python benchmarks/extract_throughput.py [--quick] [--batch-sizes 8 32] [--out benchmarks/out/extract_throughput.json]
+    python benchmarks/extract_throughput.py [--quick] [--batch-sizes 8 32] [--markdown]
+                                            [--out benchmarks/out/extract_throughput.json]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+import shutil
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-
-import numpy as np  # noqa: E402
-from _env import environment, jax_matmul_gflops, median, per_call, rel_err, write_result  # noqa: E402
+import numpy as np
+from _env import environment, interleaved, jax_matmul_gflops, markdown_table, median, per_call, rel_err, write_result
+from extraction import converted_weights, torch_reference
 
 IMAGE = 224
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------------------------- models
-def torch_reference(seed: int = 0):
-    import torch
-    from popjax.testing.torch_resnet import ResNet50, randomize_batchnorm
-
-    torch.manual_seed(seed)
-    return randomize_batchnorm(ResNet50(), seed).eval()
-
-
 def torch_wrapper(net):
     """uint8 NHWC frames -> 2048-d features, preprocessing included (the module timed and exported)."""
     import torch
+
+    from popjax.weights import PREPROCESSING
+
+    spec = PREPROCESSING["torch"]
 
     class Features(torch.nn.Module):
         def __init__(self, net):
             super().__init__()
             self.net = net
-            self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+            self.register_buffer("mean", torch.tensor(spec["mean"]).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(spec["std"]).view(1, 3, 1, 1))
 
         def forward(self, frames):
             x = frames.permute(0, 3, 1, 2).float() / 255.0   # NHWC memory = channels_last NCHW view
@@ -107,20 +92,16 @@ def conv_macs_per_image(net) -> int:
 def prepare(workdir: Path, args) -> dict:
     """Torch module, its .safetensors, the popjax conversion, the ONNX export: all from one set of weights."""
     import torch
-    from safetensors.torch import save_file
-
-    from popjax.weights import convert
 
     t = time.perf_counter()
     net = torch_reference(args.seed)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(workdir / "resnet50.safetensors"))
-    meta = convert("torchvision", workdir / "resnet50.safetensors", workdir / "popjax_backbone")
+    popjax_dir, meta = converted_weights(net, workdir)
     wrapped = torch_wrapper(net)
     onnx_path = workdir / "resnet50_features.onnx"
     torch.onnx.export(wrapped, (torch.zeros(2, IMAGE, IMAGE, 3, dtype=torch.uint8),), str(onnx_path),
                       dynamo=False, opset_version=17, input_names=["frames"], output_names=["features"],
                       dynamic_axes={"frames": {0: "batch"}, "features": {0: "batch"}})
-    return {"net": net, "wrapped": wrapped, "onnx": onnx_path, "popjax_dir": workdir / "popjax_backbone",
+    return {"net": net, "wrapped": wrapped, "onnx": onnx_path, "popjax_dir": popjax_dir,
             "metadata": meta, "macs": conv_macs_per_image(net), "setup_s": round(time.perf_counter() - t, 1)}
 
 
@@ -168,26 +149,6 @@ def ort_runner(onnx_path, provider: str, threads: int):
     return run, {"provider": sess.get_providers()[0], "intra_op_threads": threads}
 
 
-def first_call(run, frames) -> tuple[float, np.ndarray]:
-    """Seconds of the first call (compilation, first-call costs) and its output, then one untimed call."""
-    t = time.perf_counter()
-    out = np.asarray(run(frames), np.float32)
-    s = time.perf_counter() - t
-    run(frames)
-    return s, out
-
-
-def interleaved(calls_of: dict, rounds: int, calls: int) -> dict:
-    """Per key: seconds of each of ``rounds * calls`` calls of ``calls_of[key]()``, timed in rounds that visit
-    every implementation in turn (``calls`` each), so that a drift of the machine's speed over the run (a shared
-    host) reaches all of them alike instead of whichever ran first or last."""
-    times = {k: [] for k in calls_of}
-    for _ in range(rounds):
-        for k, call in calls_of.items():
-            times[k] += per_call(call, calls, warmup=0)
-    return times
-
-
 # --------------------------------------------------------------------------------------------- peaks
 def matmul_peaks(n: int, reps: int) -> dict:
     """GFLOP/s of an n x n x n matmul: jnp.dot (one JAX device; XLA's intra-op pool) and torch.mm, fp32/bf16."""
@@ -209,34 +170,11 @@ def combine_peaks(before: dict, after: dict, n: int) -> dict:
             "peak_bf16": max(best["jax_bf16"], best["torch_bf16"]), "n": n, "before": before, "after": after}
 
 
-# ---------------------------------------------------------------------------------------- end to end
-def end_to_end(args, weights: Path, backbone_fps: float | None, ort_fps: float | None) -> dict:
-    import extraction
-
-    ns = Namespace(num_frames=args.num_frames, batch_size=args.e2e_batch_size, workers=0, runs=args.decode_runs)
-    manifest, videos = extraction.demo_corpus(Path(args.corpus).absolute(), args.videos)
-    out = {"extract": [extraction.end_to_end(manifest, ns, weights)]}
-    if not args.quick:
-        out["extract"].append(extraction.end_to_end(manifest, ns))
-    dec = extraction.decode_only(videos, ns)
-    out["decode_only"] = dec
-    e2e = out["extract"][0]
-    if backbone_fps:
-        bb = backbone_fps / args.num_frames
-        serial = 1 / (1 / dec["videos_per_s"] + 1 / bb)
-        out["backbone_videos_per_s"] = round(bb, 3)
-        out["serial_bound_videos_per_s"] = round(serial, 3)
-        out["overlap_bound_videos_per_s"] = round(min(bb, dec["videos_per_s"]), 3)
-        out["wall_over_serial_bound"] = round(e2e["videos_per_s"] / serial, 3)
-        # one per extract above: the first compiles ResNet50 unless the persistent compilation cache holds it from an
-        # earlier run (the first run after a code change: cold), the second (same program) loads it from there
-        out["loop_over_serial_bound"] = [round(x["loop_videos_per_s"] / serial, 3) for x in out["extract"]]
-        out["steady_over_serial_bound"] = [round(x["steady_videos_per_s"] / serial, 3) for x in out["extract"]]
-    if ort_fps:
-        bb = ort_fps / args.num_frames
-        out["onnxruntime_backbone_videos_per_s"] = round(bb, 3)
-        out["onnxruntime_serial_bound_videos_per_s"] = round(1 / (1 / dec["videos_per_s"] + 1 / bb), 3)
-    return out
+def markdown(rows: list[dict]) -> str:
+    """The timed rows as RESULTS.md holds them: frames/s, GFLOP/s and % of the dtype's matmul peak."""
+    return markdown_table(["implementation", "dtype", "batch", "frames/s", "GFLOP/s", "% of dtype peak"],
+                          [[r["label"], r["dtype"], r["batch"], r["frames_per_s"], r["achieved_gflop_per_s"],
+                            f"{100 * r['fraction_of_peak']:.1f}%"] for r in rows if "frames_per_s" in r])
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -251,28 +189,17 @@ def main() -> None:
                         help="JAX CPU devices: 'all' = one per core as the popjax CLI (default), 'one' = JAX's default")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--matmul-n", type=int, default=2048)
-    parser.add_argument("--videos", type=int, default=None, help="end-to-end corpus size (default 96; quick 8)")
-    parser.add_argument("--num-frames", type=int, default=18)
-    parser.add_argument("--e2e-batch-size", type=int, default=None,
-                        help="popjax extract --batch-size (default 32 -> 36-frame calls; quick 18)")
-    parser.add_argument("--decode-runs", type=int, default=None, help="decode-only repetitions (default 3; quick 1)")
-    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end popjax extract part")
-    parser.add_argument("--corpus", default="benchmarks/out/demo_corpus", help="kept between runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="batch 18, 3 rounds x 1 call, no single-device bf16, 8 videos end to end: < 3 min on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="batch 18, 3 rounds x 1 call, no single-device bf16")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
     parser.add_argument("--out", default="benchmarks/out/extract_throughput.json")
     args = parser.parse_args()
     q = args.quick
     args.batch_sizes = args.batch_sizes or ([18] if q else [8, 32])
     args.calls = args.calls or (1 if q else 2)
     args.rounds = args.rounds or 3
-    args.videos = args.videos or (8 if q else 96)
-    args.e2e_batch_size = args.e2e_batch_size or (18 if q else 32)
-    args.decode_runs = args.decode_runs or (1 if q else 3)
 
     from popjax import parallel, runtime
-    from popjax.extract import frames_per_call
 
     runtime.retain_freed_memory()   # as the popjax CLI does (torch and onnxruntime share the process)
     if args.devices == "all":
@@ -298,15 +225,12 @@ def main() -> None:
           f"({flop_per_image / 1e9:.2f} GFLOP); setup {prep['setup_s']} s")
 
     rng = np.random.default_rng(args.seed)
-    e2e_call = frames_per_call(args.e2e_batch_size, args.num_frames)
     configs = []  # (impl, variant, dtype, batch)
     for b in args.batch_sizes:
         for dt in ("fp32", "bf16"):
             configs.append(("popjax", "all", dt, b))
             if dt == "fp32" or not q:
                 configs.append(("popjax", "one", dt, b))
-    if not args.no_e2e and e2e_call not in args.batch_sizes:
-        configs.append(("popjax", "all", "fp32", e2e_call))   # the backbone rate of the end-to-end bound
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     for b in args.batch_sizes:
         for p in providers:
@@ -335,7 +259,10 @@ def main() -> None:
             else:
                 run, info = ort_runner(prep["onnx"], variant, cores)
                 label = f"onnxruntime {variant.replace('ExecutionProvider', '')} EP"
-            first_s, out = first_call(run, frames)
+            first = []
+            first_s = per_call(lambda: np.asarray(run(frames), np.float32), 1, warmup=0, outputs=first)[0]
+            out = first[0]
+            run(frames)   # one more untimed call before the timed rounds
         except Exception as e:  # noqa: BLE001  (torch.compile without a working toolchain, a missing EP, ...)
             rows.append({"impl": impl, "variant": variant, "dtype": dt, "batch": b, "skipped": f"{type(e).__name__}: {e}"[:300]})
             print(f"{impl} {variant} {dt} batch {b}: SKIPPED ({rows[-1]['skipped'][:120]})")
@@ -379,17 +306,7 @@ def main() -> None:
     doc["matmul_gflop_per_s"] = peaks
     doc["rows"] = rows
 
-    if not args.no_e2e:
-        bb = next((r["frames_per_s"] for r in rows if r["impl"] == "popjax" and r["variant"] == "all"
-                   and r["dtype"] == "fp32" and r["batch"] == e2e_call and "frames_per_s" in r), None)
-        ort_cpu = [r["frames_per_s"] for r in rows if r["impl"] == "onnxruntime"
-                   and r["variant"] == "CPUExecutionProvider" and "frames_per_s" in r]
-        print(f"end to end: popjax extract on {args.videos} demo videos ...", flush=True)
-        doc["end_to_end"] = end_to_end(args, prep["popjax_dir"], bb, max(ort_cpu) if ort_cpu else None)
-        doc["end_to_end"]["backbone_call_frames"] = e2e_call
     doc["seconds_total"] = round(time.perf_counter() - t_start, 1)
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ report
@@ -413,25 +330,8 @@ def main() -> None:
     print(f"\nagreement with torch fp32 eager (batch {b0}): max|a-b|/max|b|, and max|a-b| / max|b - mean_frames b|")
     for k, v in agreement.items():
         print(f"  {k:40s} {v['rel_err']:.2e}  {v['max_abs_over_spread']:.2e}")
-    if "end_to_end" in doc:
-        e = doc["end_to_end"]
-        print(f"\nend to end, {args.videos} demo videos x {args.num_frames} frames (backbone calls of {e2e_call} frames)")
-        print(f"{'':44s} {'videos/s':>9s}")
-        for x in e["extract"]:
-            print(f"{'popjax extract ' + x['weights'] + ', wall':44s} {x['videos_per_s']:9.3f}   "
-                  f"start {x['process_start_s']} s + outside loop {x['outside_loop_s']} s + loop {x['loop_s']} s")
-            print(f"{'  its decode+encode loop (incl. 1st compile)':44s} {x['loop_videos_per_s']:9.3f}")
-            print(f"{'  the loop after its 1st backbone call':44s} {x['steady_videos_per_s']:9.3f}   "
-                  f"1st call (kernel transforms, compilation) {x['first_call_s']} s")
-        print(f"{'decode only (sample_frames, 1 thread/core)':44s} {e['decode_only']['videos_per_s']:9.3f}")
-        if "backbone_videos_per_s" in e:
-            print(f"{'backbone only (popjax fp32, all devices)':44s} {e['backbone_videos_per_s']:9.3f}")
-            print(f"{'bound 1/(1/decode + 1/backbone)':44s} {e['serial_bound_videos_per_s']:9.3f}")
-            print(f"{'bound min(decode, backbone)':44s} {e['overlap_bound_videos_per_s']:9.3f}")
-            print(f"loop / serial bound = {e['loop_over_serial_bound']}, after the 1st call: "
-                  f"{e['steady_over_serial_bound']}, wall / serial bound = {e['wall_over_serial_bound']}")
-        if "onnxruntime_serial_bound_videos_per_s" in e:
-            print(f"{'serial bound with the onnxruntime backbone':44s} {e['onnxruntime_serial_bound_videos_per_s']:9.3f}")
+    if args.markdown:
+        print("\n" + markdown(rows))
 
     print(f"\n{doc['seconds_total']} s -> {write_result(args.out, doc)}")
 

@@ -1,15 +1,24 @@
-"""Feature extraction speed: ``popjax extract`` end to end on the synthetic demo corpus, and its two parts.
+"""How close does ``popjax extract`` come, end to end, to what its two parts (decoding, the backbone) allow?
 
-* end to end: the ``popjax extract`` command in a fresh process (startup, backbone calibration, XLA
-  compilation, decoding + ResNet50, TFDS writing), over the demo corpus's videos; its decode+encode loop,
-  and that loop after its first backbone call (which transforms the Winograd kernels and compiles);
+On the synthetic demo corpus:
+
+* end to end: the ``popjax extract`` command in a fresh process (startup, backbone weights or random init +
+  BatchNorm calibration, XLA compilation, decoding + ResNet50, TFDS writing), over the demo corpus's videos; its
+  wall time split into process start, work outside the decode+encode loop and the loop, the loop's rate, and the
+  loop after its first backbone call (which transforms the Winograd kernels and compiles). ``--weights``: with
+  extract's default random backbone (``random``) and/or with ``--weights`` of a random torchvision-layout ResNet50
+  converted by ``popjax.weights.convert`` (``converted``: no calibration), one fresh process each, in the order
+  given (the first compiles ResNet50 unless the persistent compilation cache holds it; the next finds it there);
 * decode only: ``sample_frames`` over the same videos, with as many threads as ``extract`` uses;
 * backbone only: ``Backbone.random(...).features`` on random uint8 frames after a warm-up call, in the
   calls ``extract`` makes (whole videos: ``--batch-size`` rounded to a multiple of N frames, every device);
 * the bound decoding and the backbone allow together when they share the machine serially,
   1 / (1/decode + 1/backbone) videos/s, and with perfect overlap, min(decode, backbone).
 
-    python benchmarks/extraction.py [--videos 96] [--quick] [--out benchmarks/out/extraction.json]
+96 videos by default: enough work that the one-time first backbone call weighs as in a real extraction.
+
+    python benchmarks/extraction.py [--videos 96] [--weights random converted] [--quick] [--markdown]
+                                    [--out benchmarks/out/extraction.json]
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _env import environment, write_result
+from _env import environment, markdown_table, per_call, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,11 +120,7 @@ def decode_only(videos: list[Path], args) -> dict:
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, videos[:workers]))   # page cache, ffmpeg binary
-        times = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            list(pool.map(one, videos))
-            times.append(time.perf_counter() - t)
+        times = per_call(lambda: list(pool.map(one, videos)), args.runs, warmup=0)
     wall = statistics.median(times)
     return {"videos": len(videos), "workers": workers, "runs": args.runs, "wall_s": round(wall, 3),
             "videos_per_s": round(len(videos) / wall, 3),
@@ -133,14 +138,8 @@ def backbone_only(args) -> dict:
     backbone = Backbone.random(0, batch_size=frames_per_call(args.batch_size, args.num_frames))
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (backbone.batch_size, 224, 224, 3), np.uint8)
-    t = time.perf_counter()
-    backbone.features(frames)   # compile
-    first_call = time.perf_counter() - t
-    backbone.features(frames)   # warm
-    t = time.perf_counter()
-    for _ in range(args.backbone_calls):
-        backbone.features(frames)
-    wall = time.perf_counter() - t
+    first_call = per_call(lambda: backbone.features(frames), 1, warmup=0)[0]   # compiles
+    wall = sum(per_call(lambda: backbone.features(frames), args.backbone_calls, warmup=1))
     fps = backbone.batch_size * args.backbone_calls / wall
     return {
         "platform": jax.default_backend(), "devices": jax.device_count(), "batch_size": backbone.batch_size,
@@ -149,17 +148,75 @@ def backbone_only(args) -> dict:
     }
 
 
+def torch_reference(seed: int = 0):
+    """A torch ResNet50 with torchvision's parameter names (``popjax.testing.torch_resnet``), random weights and
+    randomised BatchNorm statistics, in eval mode."""
+    import torch
+
+    from popjax.testing.torch_resnet import ResNet50, randomize_batchnorm
+
+    torch.manual_seed(seed)
+    return randomize_batchnorm(ResNet50(), seed).eval()
+
+
+def converted_weights(net, directory: Path) -> tuple[Path, dict]:
+    """``net``'s state dict saved as .safetensors in ``directory`` and converted by
+    ``popjax.weights.convert("torchvision", ...)``: the backbone directory ``popjax extract --weights`` takes,
+    and its metadata."""
+    from safetensors.torch import save_file
+
+    from popjax.weights import convert
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(directory / "resnet50.safetensors"))
+    meta = convert("torchvision", directory / "resnet50.safetensors", directory / "popjax_backbone")
+    return directory / "popjax_backbone", meta
+
+
+def markdown(doc: dict) -> str:
+    """The rows of the printed table, as RESULTS.md holds them (videos/s)."""
+    return markdown_table(["videos/s", "", "note"], [[name, v, note] for name, v, _, note in table_rows(doc)])
+
+
+def table_rows(doc: dict) -> list[tuple]:
+    """(name, videos/s, frames/s, note) of every end-to-end run, decode only, backbone only and the bounds."""
+    n = doc["num_frames"]
+    dec, bb, bound = doc["decode_only"], doc["backbone_only"], doc["bound"]
+    rows = []
+    for e2e in doc["end_to_end"]:
+        rows += [
+            (f"end to end (popjax extract, {e2e['weights']}, wall)", e2e["videos_per_s"], e2e["frames_per_s"],
+             f"{e2e['wall_s']} s: start {e2e['process_start_s']} s + outside the loop {e2e['outside_loop_s']} s "
+             f"+ loop {e2e['loop_s']} s"),
+            ("  its decode+encode loop", e2e["loop_videos_per_s"], e2e["loop_frames_per_s"],
+             f"1st call incl.; {e2e['loop_over_serial']} of the serial bound"),
+            ("  the loop after its 1st backbone call", e2e["steady_videos_per_s"], e2e["steady_frames_per_s"],
+             f"1st call (kernel transforms, compilation): {e2e['first_call_s']} s; "
+             f"{e2e['steady_over_serial']} of the serial bound")]
+    rows += [
+        ("decode only (sample_frames)", dec["videos_per_s"], dec["frames_per_s"], f"{dec['workers']} threads"),
+        ("backbone only (extract's calls)", bb["videos_per_s"], bb["frames_per_s"],
+         f"{bb['batch_size']} frames/call, {bb['devices']} {bb['platform']} devices"),
+        ("bound 1/(1/decode+1/backbone)", bound["serial_videos_per_s"], bound["serial_frames_per_s"], ""),
+        ("bound min(decode, backbone)", bound["overlap_videos_per_s"],
+         round(bound["overlap_videos_per_s"] * n, 2), "perfect overlap")]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=96, help="demo videos (the one-time compilation, 3-7 s, "
-                        "weighs as in a real extraction; on 24 videos it is 14-25%% of the loop)")
+    parser.add_argument("--videos", type=int, default=96, help="demo videos")
     parser.add_argument("--num-frames", type=int, default=18)
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone call (as extract's)")
     parser.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core, as extract)")
+    parser.add_argument("--weights", nargs="+", choices=["random", "converted"], default=["random"],
+                        help="end-to-end runs, in this order: extract's random backbone, or --weights of a "
+                             "converted random torchvision-layout ResNet50 (default: random)")
     parser.add_argument("--runs", type=int, default=3, help="decode-only repetitions (median)")
     parser.add_argument("--backbone-calls", type=int, default=8, help="timed full-batch backbone calls")
     parser.add_argument("--corpus", default="benchmarks/out/demo_corpus", help="kept between runs")
+    parser.add_argument("--seed", type=int, default=0, help="of the converted weights")
     parser.add_argument("--quick", action="store_true", help="8 videos, 1 decode run, 3 backbone calls")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
     parser.add_argument("--out", default="benchmarks/out/extraction.json")
     args = parser.parse_args()
     if args.quick:
@@ -171,40 +228,36 @@ def main() -> None:
 
     env = environment()
     manifest, videos = demo_corpus(Path(args.corpus).absolute(), args.videos)
-    e2e = end_to_end(manifest, args)          # first: its own process, nothing else running
+    work = Path(tempfile.mkdtemp(prefix="popjax-bench-extraction-"))
+    try:
+        weights = None
+        if "converted" in args.weights:
+            weights, _ = converted_weights(torch_reference(args.seed), work)
+        # first: each its own process, nothing else running
+        runs = [end_to_end(manifest, args, weights if w == "converted" else None) for w in args.weights]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     dec = decode_only(videos, args)
     bb = backbone_only(args)
     serial = 1 / (1 / dec["videos_per_s"] + 1 / bb["videos_per_s"])
     bound = {"serial_videos_per_s": round(serial, 3), "serial_frames_per_s": round(serial * args.num_frames, 2),
-             "overlap_videos_per_s": round(min(dec["videos_per_s"], bb["videos_per_s"]), 3),
-             "end_to_end_over_serial": round(e2e["videos_per_s"] / serial, 3),
-             "loop_over_serial": round(e2e["loop_videos_per_s"] / serial, 3),
-             "steady_over_serial": round(e2e["steady_videos_per_s"] / serial, 3)}
-
-    rows = [
-        ("end to end (popjax extract, wall)", e2e["videos_per_s"], e2e["frames_per_s"], f"{e2e['wall_s']} s"),
-        ("  its decode+encode loop", e2e["loop_videos_per_s"], e2e["loop_frames_per_s"],
-         f"{e2e['loop_s']} s, 1st compile incl."),
-        ("  the loop after its 1st backbone call", e2e["steady_videos_per_s"], e2e["steady_frames_per_s"],
-         f"1st call (kernel transforms, compilation): {e2e['first_call_s']} s"),
-        ("decode only (sample_frames)", dec["videos_per_s"], dec["frames_per_s"], f"{dec['workers']} threads"),
-        ("backbone only (extract's calls)", bb["videos_per_s"], bb["frames_per_s"],
-         f"{bb['batch_size']} frames/call, {bb['devices']} {bb['platform']} devices"),
-        ("bound 1/(1/decode+1/backbone)", bound["serial_videos_per_s"], bound["serial_frames_per_s"], ""),
-        ("bound min(decode, backbone)", bound["overlap_videos_per_s"],
-         round(bound["overlap_videos_per_s"] * args.num_frames, 2), "perfect overlap"),
-    ]
-    print(f"{args.videos} demo videos, N = {args.num_frames} frames, {os.cpu_count()} CPUs")
-    print(f"{'':36s} {'videos/s':>9s} {'frames/s':>9s}  note")
-    for name, v, f, note in rows:
-        print(f"{name:36s} {v:9.3f} {f:9.2f}  {note}")
-
+             "overlap_videos_per_s": round(min(dec["videos_per_s"], bb["videos_per_s"]), 3)}
+    for e2e in runs:
+        e2e.update(end_to_end_over_serial=round(e2e["videos_per_s"] / serial, 3),
+                   loop_over_serial=round(e2e["loop_videos_per_s"] / serial, 3),
+                   steady_over_serial=round(e2e["steady_videos_per_s"] / serial, 3))
     doc = {
         "what": "popjax extract on the SYNTHETIC demo corpus (random ResNet50): end to end vs its parts",
         "videos": args.videos, "num_frames": args.num_frames, "batch_size": args.batch_size,
         "quick": args.quick, "environment": env,
-        "end_to_end": e2e, "decode_only": dec, "backbone_only": bb, "bound": bound,
+        "end_to_end": runs, "decode_only": dec, "backbone_only": bb, "bound": bound,
     }
+    print(f"{args.videos} demo videos, N = {args.num_frames} frames, {os.cpu_count()} CPUs")
+    print(f"{'':52s} {'videos/s':>9s} {'frames/s':>9s}  note")
+    for name, v, f, note in table_rows(doc):
+        print(f"{name:52s} {v:9.3f} {f:9.2f}  {note}")
+    if args.markdown:
+        print("\n" + markdown(doc))
     print(f"-> {write_result(args.out, doc)}")
 
 

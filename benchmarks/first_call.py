@@ -1,37 +1,26 @@
-"""The one-time cost of a process's first ``Backbone.features`` call, step by step, with a cold compilation cache.
+"""What does a process's first ``Backbone.features`` call cost, step by step, with a cold compilation cache?
 
 What ``popjax extract`` / ``predict`` / ``explain`` pay once per process before the backbone runs at its steady
 rate (``report.json``'s ``first_call_seconds`` is this plus decoding the first videos):
 
 * the Winograd kernel transforms (``Backbone.inference_variables``), and U = G g G^T alone for every Winograd
   layer as popjax computes it (one matrix product per layer, ``cpu_conv.winograd_kernel``) and as the two-sided
-  product G g G^T (what it replaced);
+  product G g G^T (the form it replaced);
 * the forward pass: trace, lowering, XLA compilation, the first run, and the steady run (median of ``--calls``).
 
 A fresh, empty ``POPJAX_CACHE_DIR`` unless ``--warm-cache`` (then the persistent cache of earlier runs is used);
 freed memory retained and one CPU device per core, as the ``popjax`` command runs.
 
-    python benchmarks/first_call.py [--dtype fp32|bf16] [--batch-size 32] [--calls 3] [--warm-cache]
-                                    [--out benchmarks/out/first_call.json]
+    python benchmarks/first_call.py [--dtype fp32|bf16] [--batch-size 32] [--calls 3] [--warm-cache] [--markdown]
+                                    [--out benchmarks/out/first_call_<dtype>.json]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def timed(fn):
-    import jax
-
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - t
+from _env import environment, markdown_table, median, per_call, write_result
 
 
 def main() -> None:
@@ -40,6 +29,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="frames per call, as extract's (-> 36)")
     parser.add_argument("--calls", type=int, default=3, help="steady calls after the first (median)")
     parser.add_argument("--warm-cache", action="store_true", help="use the persistent compilation cache")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
     parser.add_argument("--out", default=None, help="default benchmarks/out/first_call_<dtype>.json")
     args = parser.parse_args()
     if not args.warm_cache:
@@ -50,7 +40,6 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from _env import environment, median, write_result
     from flax.traverse_util import flatten_dict
 
     from popjax import parallel
@@ -65,7 +54,13 @@ def main() -> None:
     x = jax.device_put(frames, parallel.batch_sharding(backbone.mesh))
     steps = {}
 
-    variables, steps["kernel transforms (inference_variables)"] = timed(lambda: backbone.inference_variables)
+    def step(name, fn, calls: int = 1):
+        """Times ``calls`` calls of ``fn`` (blocked on), records the median as step ``name``, returns the last result."""
+        results = []
+        steps[name] = median(per_call(lambda: jax.block_until_ready(fn()), calls, warmup=0, outputs=results))
+        return results[-1]
+
+    variables = step("kernel transforms (inference_variables)", lambda: backbone.inference_variables)
 
     # U alone for the same layers (the tile from U's shape), once as popjax computes it, once two-sided.
     params, transformed = flatten_dict(variables["params"]), flatten_dict(variables["winograd"])
@@ -78,17 +73,16 @@ def main() -> None:
         return u.reshape(-1, *kernel.shape[2:]).astype(dtype)
 
     for name, fn in [("U alone, one product per layer (popjax)", lambda k, t: winograd_kernel(k, t, dtype)),
-                     ("U alone, two-sided G g G^T (before)", two_sided)]:
+                     ("U alone, two-sided G g G^T (the form it replaced)", two_sided)]:
         f = jax.jit(lambda ks, fn=fn: [fn(k, t) for k, t in zip(ks, tiles)])
-        compiled, steps[f"{name}: compile"] = timed(lambda: f.lower(kernels).compile())
-        steps[f"{name}: run"] = median([timed(lambda: compiled(kernels))[1] for _ in range(3)])
+        compiled = step(f"{name}: compile", lambda f=f: f.lower(kernels).compile())
+        step(f"{name}: run", lambda c=compiled: c(kernels), calls=3)
 
-    traced, steps["forward: trace"] = timed(lambda: backbone._features.trace(variables, x))
-    lowered, steps["forward: lower"] = timed(traced.lower)
-    compiled, steps["forward: compile (or load)"] = timed(lowered.compile)
-    _, steps["forward: first run"] = timed(lambda: compiled(variables, x))
-    steps["forward: steady run (median)"] = median([timed(lambda: compiled(variables, x))[1]
-                                                    for _ in range(args.calls)])
+    traced = step("forward: trace", lambda: backbone._features.trace(variables, x))
+    lowered = step("forward: lower", traced.lower)
+    compiled = step("forward: compile (or load)", lowered.compile)
+    step("forward: first run", lambda: compiled(variables, x))
+    step("forward: steady run (median)", lambda: compiled(variables, x), calls=args.calls)
 
     print(f"first Backbone.features call, {args.dtype}, {backbone.batch_size} frames, {jax.device_count()} "
           f"devices, {'warm' if args.warm_cache else 'cold'} compilation cache, {len(kernels)} Winograd layers")
@@ -97,6 +91,9 @@ def main() -> None:
     doc = {"what": "one-time cost of the first Backbone.features call", "dtype": args.dtype,
            "frames_per_call": backbone.batch_size, "warm_cache": args.warm_cache, "winograd_layers": len(kernels),
            "seconds": {k: round(v, 4) for k, v in steps.items()}, "environment": env}
+    if args.markdown:
+        print("\n" + markdown_table(["step", f"{args.dtype}{', warm cache' if args.warm_cache else ''} s"],
+                                     [[k, round(v, 2)] for k, v in steps.items()]))
     print(f"-> {write_result(args.out or f'benchmarks/out/first_call_{args.dtype}.json', doc)}")
 
 

@@ -1,28 +1,27 @@
-"""Training steps/s of ``popjax.training.fit`` itself (the path ``train.py`` runs: 3 vmapped trials, data-parallel
-over every device), for Table-1 variants (default video_attention and multimodal) at batch 64 and 512, on synthetic
-data of the default sizes (18 x 2048 float16 features, 20-token headlines of 300-d word vectors, 20k words).
+"""How many training steps per second does ``popjax.training.fit`` itself run?
+
+The path ``train.py`` runs: 3 vmapped trials, data-parallel over every device, for Table-1 variants (default
+video_attention and multimodal) at batch 64 and 512, on synthetic data of the default sizes (18 x 2048 float16
+features, 20-token headlines of 300-d word vectors, 20k words). ``benchmarks/train_steps.py`` times the train step
+alone against PyTorch.
 
 A run of ``--epochs`` epochs of ``--steps`` steps each; steps/s counts the epochs after the first (which
 compiles), from the wall-clock times ``fit``'s per-epoch ``log`` callback sees; each epoch also predicts one
 validation batch. ``host ms/step`` is the host work the training loop does per step before the steps can
 run (placing the epoch's indices on the devices, per step), timed alone.
 
-    python benchmarks/fit_steps.py [--quick] [--batches 64 512] [--cpu-opt-level 2 1] [--out FILE.json]
+    python benchmarks/fit_steps.py [--quick] [--batches 64 512] [--cpu-opt-level 2 1] [--markdown]
+                                   [--out benchmarks/out/fit_steps.json]
 
 ``first epoch s`` includes compiling the epoch and prediction programs (the cost ``--cpu-opt-level`` trades).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import numpy as np  # noqa: E402
-from _env import environment, median, per_call, write_result  # noqa: E402
+import numpy as np
+from _env import environment, markdown_table, median, per_call, write_result
 
 N_FRAMES, FEAT, T_WORDS, WORD_DIM, VOCAB = 18, 2048, 20, 300, 20_000
 HP = {"learning_rate": 1e-3, "weight_decay": 1e-4, "input_dropout": 0.1, "dropout": 0.3}
@@ -90,7 +89,7 @@ def host_ms_per_step(arrays, batch: int, devices: int) -> float:
     if hasattr(training, "epoch_indices"):
         fn = lambda: jax.block_until_ready(training.epoch_indices(n, batch, mesh, 0, 0))  # noqa: E731
         return round(1e3 * median(per_call(fn, 20, warmup=3)) / steps, 3)
-    # a popjax whose fit gathers each batch on the host (the "before" of RESULTS.md's table)
+    # an older popjax whose fit gathers each batch on the host (the "before" column of RESULTS.md's fit table)
     idx, weights = next(training.batch_indices(n, batch, 0, 0))
     fn = lambda: jax.block_until_ready(training.global_batch(arrays, idx, weights, mesh))  # noqa: E731
     return round(1e3 * median(per_call(fn, 20, warmup=3)), 3)
@@ -105,7 +104,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--cpu-opt-level", type=int, nargs="+", default=[None],
                         help="config.train.cpu_opt_level values to compare, interleaved (default: XLA's own level)")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="3 steps per epoch, 2 epochs")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
     parser.add_argument("--out", default="benchmarks/out/fit_steps.json")
     args = parser.parse_args()
     steps = args.steps or (3 if args.quick else 8)
@@ -129,6 +129,11 @@ def main() -> None:
         level = "-" if r["cpu_opt_level"] is None else str(r["cpu_opt_level"])
         print(f"{r['variant']:16s} {r['batch']:5d} {level:>4s} {r['steps_per_s']:8.2f} {r['ms_per_step']:8.1f} "
               f"{r['host_ms_per_step']:12.3f} {r['first_epoch_s']:11.2f}")
+    if args.markdown:
+        print("\n" + markdown_table(
+            ["variant", "batch", "cpu_opt_level", "steps/s", "host ms/step", "first epoch s"],
+            [[r["variant"], r["batch"], r["cpu_opt_level"], r["steps_per_s"], r["host_ms_per_step"],
+              r["first_epoch_s"]] for r in doc["rows"]]))
     print(f"-> {write_result(args.out, doc)}")
 
 

