@@ -18,6 +18,7 @@ run (placing the epoch's indices on the devices, per step), timed alone.
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 import numpy as np
@@ -53,15 +54,17 @@ def fit_rate(variant: str, batch: int, steps: int, epochs: int, trials: int, cpu
               "head_hidden": 128, "batch_norm": False}
     data = {"train": synthetic_split(steps * batch, modality, 0), "val": synthetic_split(batch, modality, 1),
             "test": synthetic_split(0, modality, 2)}
-    frozen = {"feature_norm": {"mean": np.zeros(FEAT, np.float32), "std": np.ones(FEAT, np.float32)}}
+    # the fit argument of the model's constants ("frozen" in popjax versions before the collection's rename)
+    constants_kw = "constants" if "constants" in inspect.signature(training.fit).parameters else "frozen"
+    constants = {"feature_norm": {"mean": np.zeros(FEAT, np.float32), "std": np.ones(FEAT, np.float32)}}
     if modality != "video":
         table = (0.3 * np.random.default_rng(3).standard_normal((VOCAB, WORD_DIM))).astype(np.float32)
-        frozen["headline_encoder"] = {"word_vectors": table}
+        constants["headline_encoder"] = {"word_vectors": table}
     times = []
     t0 = time.perf_counter()
     result = training.fit(
         data, static, [{**HP, "seed": s} for s in range(trials)], vocab_size=VOCAB, word_dim=WORD_DIM,
-        frozen=frozen, train_cfg={"batch_size": batch, "num_epochs": epochs, "warmup_epochs": 1, "data_seed": 0,
+        **{constants_kw: constants}, train_cfg={"batch_size": batch, "num_epochs": epochs, "warmup_epochs": 1, "data_seed": 0,
                                   "cpu_opt_level": cpu_opt_level},
         freeze=training.ENCODERS if modality == "multimodal" else (), log=lambda r: times.append(time.perf_counter()))
     timed = (times[-1] - times[0]) if len(times) > 1 else float("nan")

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 from _env import environment, interleaved, markdown_table, median, per_call, write_result
-from train_steps import FEAT, N_FRAMES, T_WORDS, frozen_collection
+from train_steps import FEAT, N_FRAMES, T_WORDS, constants_collection
 
 
 def explainer_latency(batches, rounds: int, quick: bool = False, explain_only: bool = False) -> dict:
@@ -43,7 +43,7 @@ def explainer_latency(batches, rounds: int, quick: bool = False, explain_only: b
     init_batch = {"features": jnp.zeros((1, N_FRAMES, FEAT)), "tokens": jnp.ones((1, T_WORDS), jnp.int32),
                   "lengths": jnp.full((1,), T_WORDS, jnp.int32)}
     mvars = model.init(jax.random.key(1), init_batch)
-    mvars = {"params": mvars["params"], "frozen": frozen_collection(model, init_batch, table)}
+    mvars = {"params": mvars["params"], "constants": constants_collection(model, init_batch, table)}
     setup_s = time.perf_counter() - t
     fns = {g: make_explainer(bb.model, bb.preprocess, model, gradients=g) for g in (True, False)}
     mesh = bb.mesh

@@ -64,14 +64,14 @@ def synthetic_data(args, modality: str, seed: int = 0) -> dict:
     return {"arrays": arrays, "table": table}
 
 
-def frozen_collection(model, batch, table) -> dict:
-    """The model's ``frozen`` collection, whatever it holds, at its defaults (found with ``jax.eval_shape``, so
+def constants_collection(model, batch, table) -> dict:
+    """The model's ``constants`` collection, whatever it holds, at its defaults (found with ``jax.eval_shape``, so
     nothing runs: ``std``/``scale`` leaves 1, others 0, e.g. the identity feature standardisation) with the
     word vectors set to ``table``."""
     import jax
 
     shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                                               batch)).get("frozen", {})
+                                               batch)).get("constants", {})
 
     def fill(path, leaf):
         name = str(getattr(path[-1], "key", path[-1]))
@@ -101,15 +101,15 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
     full = parallel.data_mesh()
     idx, w = next(training.batch_indices(len(arrays["label"]), BATCH))
     sample = host_batch(arrays, idx, w, one)
-    frozen = frozen_collection(program.model(), sample, data["table"])
+    constants = constants_collection(program.model(), sample, data["table"])
     all_hps = [{**HP, "seed": s} for s in range(max(trials))]
     # eagerly, one by one, as fit does; kept on the host and placed afresh for each variant (steps donate it)
-    all_states = [jax.device_get(program.init(hp, sample, frozen)) for hp in all_hps]
+    all_states = [jax.device_get(program.init(hp, sample, constants)) for hp in all_hps]
     for variant in variants:
         for n_trials in (trials if variant in ("fit", "fit_host") else (1,)):
             mesh = full if variant in ("fit", "fit_host") else one
             batch = host_batch(arrays, idx, w, mesh)
-            frozen_d = jax.device_put(frozen, parallel.replicated(mesh))
+            constants_d = jax.device_put(constants, parallel.replicated(mesh))
             hps, states = all_hps[:n_trials], all_states[:n_trials]
             t0 = time.perf_counter()
             key = ("fit" if variant == "fit_host" else variant, n_trials)
@@ -122,7 +122,7 @@ def popjax_rates(args, modality: str, pooling: str, freeze=(), variants=("fit", 
                 hp = {k: np.asarray([h[k] for h in hps]) for k in hps[0]}
                 fn = compiled.setdefault(key, jax.jit(jax.vmap(program.train_step, in_axes=(0, None, 0, None)),
                                                       donate_argnums=(0,), out_shardings=parallel.replicated(mesh)))
-            step = make_step(fn, state, batch, hp, frozen_d, arrays if variant == "fit_host" else None, mesh)
+            step = make_step(fn, state, batch, hp, constants_d, arrays if variant == "fit_host" else None, mesh)
             jax.block_until_ready(step())
             compile_s = time.perf_counter() - t0
             jax.block_until_ready(step())
@@ -162,7 +162,7 @@ def host_batch(arrays, idx, weights, mesh) -> dict:
                         parallel.batch_sharding(mesh))
 
 
-def make_step(fn, state, batch, hp, frozen, host_arrays, mesh):
+def make_step(fn, state, batch, hp, constants, host_arrays, mesh):
     """One train step per call (the state carried along); with ``host_arrays`` each call first gathers a
     random batch on the host and lays it out over ``mesh``."""
     holder = {"state": state}
@@ -173,7 +173,7 @@ def make_step(fn, state, batch, hp, frozen, host_arrays, mesh):
         if host_arrays is not None:
             i = order.integers(0, len(host_arrays["label"]), BATCH)
             b = host_batch(host_arrays, i, np.ones(BATCH, np.float32), mesh)
-        holder["state"], loss = fn(holder["state"], b, hp, frozen)
+        holder["state"], loss = fn(holder["state"], b, hp, constants)
         return loss
 
     return step
@@ -193,8 +193,7 @@ def head_only_rate(args) -> dict:
     labels = jnp.asarray(rng.integers(0, 2, BATCH), jnp.int32)
     head = Head(head_hidden=128, input_dropout=HP["input_dropout"], dropout=HP["dropout"])
     params = head.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, e, train=True)["params"]
-    tx = training.make_optimizer(params, total_steps=100_000, warmup_steps=100, learning_rate=HP["learning_rate"],
-                                 weight_decay=HP["weight_decay"])
+    tx = training.make_optimizer(total_steps=100_000, warmup_steps=100)
 
     @jax.jit
     def step(params, opt_state, key):
@@ -208,7 +207,8 @@ def head_only_rate(args) -> dict:
         updates, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, key, loss
 
-    holder = [params, tx.init(params), jax.random.key(2)]
+    holder = [params, training.with_hyperparameters(tx.init(params), learning_rate=HP["learning_rate"],
+                                                    weight_decay=HP["weight_decay"]), jax.random.key(2)]
 
     def call():
         *holder[:3], loss = step(*holder)

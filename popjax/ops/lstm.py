@@ -5,7 +5,7 @@ loop: T small matmuls and accumulations per weight. ``lstm`` keeps only the recu
 are one matmul before the forward loop, and after the backward loop (which yields dz_t)
 dW_i = sum_t x_t^T dz_t, dW_h = sum_t h_{t-1}^T dz_t, db = sum_t dz_t and dx_t = dz_t W_i^T are one matmul each,
 so a data-parallel step also reduces the weight gradients once, after the loop, instead of once per time step
-(speed: ``benchmarks/train_throughput.py --sections lstm``). Same values and gradients as differentiating
+(speed: ``benchmarks/lstm_recurrence.py``). Same values and gradients as differentiating
 ``popjax.models.lstm.lstm_scan``.
 """
 from __future__ import annotations
