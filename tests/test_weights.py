@@ -1,7 +1,9 @@
 """ResNet50 weight conversion: numerical parity with Keras applications and a torchvision-named torch
 reference, both with random weights and non-trivial BatchNorm statistics, plus the error cases."""
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import jax
@@ -117,6 +119,20 @@ def torch_case(tmp_path_factory, images):
             features_bf16, _ = model((x - mean) / std)
     return {"tmp": tmp, "state_dict": model.state_dict(), "features": features.numpy(), "logits": logits.numpy(),
             "features_bf16": features_bf16.float().numpy()}
+
+
+def test_torch_reference_has_torchvision_state_dict_names_order_and_shapes():
+    """The reference's state dict is torchvision's resnet50's, recorded from torchvision itself (it does not
+    import beside the torch installed here) in tests/data/torchvision_resnet50_state_dict.json."""
+    pytest.importorskip("torch")
+    from popjax.testing.torch_resnet import ResNet50
+
+    recorded = json.loads((Path(__file__).parent / "data" / "torchvision_resnet50_state_dict.json").read_text())
+    want = [(name, list(shape)) for name, shape in recorded["state_dict"]]
+    got = [(name, list(t.shape)) for name, t in ResNet50().state_dict().items()]
+    assert len(want) == 320 and recorded["torchvision"].startswith("0.")
+    assert [n for n, _ in got] == [n for n, _ in want], "names or their order differ from torchvision's"
+    assert got == want, [(g, w) for g, w in zip(got, want) if g != w][:5]
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
