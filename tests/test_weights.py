@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import h5py
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,52 @@ def rel_err(a, b, what=""):
 def images():
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+
+
+# Per stage: the activations after the stem (conv1, bn1, relu, maxpool), after every block of the four stages and
+# the pooled features, for 2 preprocessed images of 64 x 64, keyed by torchvision's names (``layer3.2``).
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "features")
+STAGE_IMAGES = np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype(np.float32)
+
+
+def flax_block(name):
+    """torchvision's block name -> popjax's (Keras's) module name: ``layer3.2`` -> ``conv4_block3``."""
+    stage, block = name.removeprefix("layer").split(".")
+    return f"conv{int(stage) + 1}_block{int(block) + 1}"
+
+
+def popjax_stages(backbone, x):
+    """popjax's activations, by intercepting its Bottleneck modules (the stem's output is the first block's input)."""
+    from popjax.models.resnet import Bottleneck
+
+    def forward(variables, x):
+        acts = {}
+
+        def record(next_fun, args, kwargs, context):
+            y = next_fun(*args, **kwargs)
+            if isinstance(context.module, Bottleneck) and context.method_name == "__call__":
+                stage, block = context.module.name.removeprefix("conv").split("_block")
+                if (stage, block) == ("2", "1"):
+                    acts["stem"] = args[0]
+                acts[f"layer{int(stage) - 1}.{int(block) - 1}"] = y
+            return y
+
+        with nn.intercept_methods(record):
+            acts["features"] = backbone.model.apply(variables, x)["features"]
+        return acts
+
+    return jax.device_get(jax.jit(forward)(backbone.variables, x))
+
+
+def assert_stage_parity(ours, ref, stage, what):
+    assert ours.keys() == ref.keys() and len(ref) == 2 + sum((3, 4, 6, 3))
+    names = [k for k in ref if k == stage or k.startswith(stage + ".")]
+    assert names
+    for name in names:
+        label = f"{name} ({flax_block(name)})" if "." in name else name
+        assert ours[name].shape == ref[name].shape, (label, ours[name].shape, ref[name].shape)
+        err = rel_err(ours[name], ref[name], f"{what} {label}")
+        assert err < RTOL, f"{what} {label}: max rel err {err:.2e} >= {RTOL:.0e}"
 
 
 # ---------------------------------------------------------------------------------------------- Keras
@@ -71,7 +118,7 @@ def keras_case(tmp_path_factory, images):
     logits = np.asarray(model.predict(x, verbose=0))
     np.testing.assert_array_equal(np.asarray(reloaded.predict(x, verbose=0)), logits)
     features = np.asarray(keras.Model(model.input, model.get_layer("avg_pool").output).predict(x, verbose=0))
-    return {"full": full, "notop": notop, "logits": logits, "features": features, "tmp": tmp}
+    return {"model": model, "full": full, "notop": notop, "logits": logits, "features": features, "tmp": tmp}
 
 
 def test_keras_full_parity(keras_case, images):
@@ -85,6 +132,30 @@ def test_keras_full_parity(keras_case, images):
     assert rel_err(result["features"], keras_case["features"], "keras features") < RTOL
     assert rel_err(result["logits"], keras_case["logits"], "keras logits") < RTOL
     assert rel_err(backbone.features(images), keras_case["features"], "keras Backbone.features") < RTOL
+
+
+@pytest.fixture(scope="module")
+def keras_stages(keras_case):
+    """As ``torch_stages`` for the Keras (v1) model: its weights in a 64 x 64 no-top ResNet50, its layers'
+    outputs ``pool1_pool`` and ``convS_blockB_out``."""
+    import keras
+
+    model = keras_case["model"]
+    small = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
+    for layer in (l for l in small.layers if l.weights):
+        layer.set_weights(model.get_layer(layer.name).get_weights())
+    names = ["stem"] + [f"layer{i}.{j}" for i, n in enumerate((3, 4, 6, 3), 1) for j in range(n)]
+    outputs = [small.get_layer("pool1_pool" if n == "stem" else flax_block(n) + "_out").output for n in names]
+    ref = dict(zip(names, (np.asarray(a) for a in keras.Model(small.input, outputs).predict(STAGE_IMAGES, verbose=0))))
+    ref["features"] = ref["layer4.2"].mean(axis=(1, 2))
+    out = keras_case["tmp"] / "converted_stages"
+    convert("keras", keras_case["notop"], out)
+    return popjax_stages(Backbone.load(out), STAGE_IMAGES), ref
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_keras_parity_per_stage(keras_stages, stage):
+    assert_stage_parity(*keras_stages, stage, "keras")
 
 
 def test_keras_notop_via_cli(keras_case, images):
@@ -117,8 +188,8 @@ def torch_case(tmp_path_factory, images):
         features, logits = model((x - mean) / std)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             features_bf16, _ = model((x - mean) / std)
-    return {"tmp": tmp, "state_dict": model.state_dict(), "features": features.numpy(), "logits": logits.numpy(),
-            "features_bf16": features_bf16.float().numpy()}
+    return {"tmp": tmp, "model": model, "state_dict": model.state_dict(), "features": features.numpy(),
+            "logits": logits.numpy(), "features_bf16": features_bf16.float().numpy()}
 
 
 def test_torch_reference_has_torchvision_state_dict_names_order_and_shapes():
@@ -144,6 +215,30 @@ def test_torchvision_parity(torch_case, images, suffix):
     result = backbone.model.apply(backbone.variables, backbone.preprocess(images))
     assert rel_err(result["features"], torch_case["features"], f"torchvision{suffix} features") < RTOL
     assert rel_err(result["logits"], torch_case["logits"], f"torchvision{suffix} logits") < RTOL
+
+
+@pytest.fixture(scope="module")
+def torch_stages(torch_case):
+    import torch
+
+    model, ref = torch_case["model"], {}
+    with torch.no_grad():
+        y = torch.from_numpy(STAGE_IMAGES).permute(0, 3, 1, 2)                      # NHWC -> NCHW
+        y = ref["stem"] = model.maxpool(model.relu(model.bn1(model.conv1(y))))
+        for i in range(1, 5):
+            for j, block in enumerate(getattr(model, f"layer{i}")):
+                y = ref[f"layer{i}.{j}"] = block(y)
+        ref["features"] = torch.flatten(model.avgpool(y), 1)
+    ref = {k: v.numpy() if v.ndim == 2 else v.permute(0, 2, 3, 1).numpy() for k, v in ref.items()}   # -> NHWC
+    out = torch_case["tmp"] / "converted_stages"
+    convert("torchvision", torch_case["tmp"] / "resnet50.safetensors", out)
+    return popjax_stages(Backbone.load(out), STAGE_IMAGES), ref
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_torchvision_parity_per_stage(torch_stages, stage):
+    """Each stage, and each block of it, on its own: a conversion or layer error is named where it arises."""
+    assert_stage_parity(*torch_stages, stage, "torchvision")
 
 
 def test_torchvision_bf16_as_close_as_torch_autocast(torch_case, images):
