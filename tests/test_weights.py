@@ -95,18 +95,24 @@ def write_keras2_h5(model, path, include=lambda layer: True):
                 g.create_dataset(name, data=value)
 
 
-@pytest.fixture(scope="module")
-def keras_case(tmp_path_factory, images):
+def random_keras_resnet50(**kwargs):
+    """Keras applications' ResNet50 with random weights and non-trivial BatchNorm statistics."""
     keras = pytest.importorskip("keras")
     assert keras.backend.backend() == "jax"
     keras.utils.set_random_seed(0)
-    model = keras.applications.ResNet50(weights=None, classifier_activation=None)
+    model = keras.applications.ResNet50(weights=None, **kwargs)
     rng = np.random.default_rng(1)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
             layer.set_weights([rng.uniform(0.5, 1.0, n), rng.normal(0, 0.1, n),
                                rng.normal(0, 0.1, n), rng.uniform(0.5, 2.0, n)])
+    return keras, model
+
+
+@pytest.fixture(scope="module")
+def keras_case(tmp_path_factory, images):
+    keras, model = random_keras_resnet50(classifier_activation=None)
     tmp = tmp_path_factory.mktemp("keras")
     full, notop = tmp / "resnet50_full.h5", tmp / "resnet50_notop.h5"
     write_keras2_h5(model, full)
@@ -118,7 +124,7 @@ def keras_case(tmp_path_factory, images):
     logits = np.asarray(model.predict(x, verbose=0))
     np.testing.assert_array_equal(np.asarray(reloaded.predict(x, verbose=0)), logits)
     features = np.asarray(keras.Model(model.input, model.get_layer("avg_pool").output).predict(x, verbose=0))
-    return {"model": model, "full": full, "notop": notop, "logits": logits, "features": features, "tmp": tmp}
+    return {"full": full, "notop": notop, "logits": logits, "features": features, "tmp": tmp}
 
 
 def test_keras_full_parity(keras_case, images):
@@ -135,22 +141,18 @@ def test_keras_full_parity(keras_case, images):
 
 
 @pytest.fixture(scope="module")
-def keras_stages(keras_case):
-    """As ``torch_stages`` for the Keras (v1) model: its weights in a 64 x 64 no-top ResNet50, its layers'
-    outputs ``pool1_pool`` and ``convS_blockB_out``."""
-    import keras
-
-    model = keras_case["model"]
-    small = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
-    for layer in (l for l in small.layers if l.weights):
-        layer.set_weights(model.get_layer(layer.name).get_weights())
+def keras_stages(tmp_path_factory):
+    """As ``torch_stages`` for a Keras (v1) no-top ResNet50 of 64 x 64 inputs, written as an h5 weights file and
+    converted; its layers ``pool1_pool`` and ``convS_blockB_out`` (a model of its own: no 224 px Keras runs)."""
+    keras, model = random_keras_resnet50(include_top=False, input_shape=STAGE_IMAGES.shape[1:])
     names = ["stem"] + [f"layer{i}.{j}" for i, n in enumerate((3, 4, 6, 3), 1) for j in range(n)]
-    outputs = [small.get_layer("pool1_pool" if n == "stem" else flax_block(n) + "_out").output for n in names]
-    ref = dict(zip(names, (np.asarray(a) for a in keras.Model(small.input, outputs).predict(STAGE_IMAGES, verbose=0))))
+    outputs = [model.get_layer("pool1_pool" if n == "stem" else flax_block(n) + "_out").output for n in names]
+    ref = dict(zip(names, map(np.asarray, keras.Model(model.input, outputs).predict(STAGE_IMAGES, verbose=0))))
     ref["features"] = ref["layer4.2"].mean(axis=(1, 2))
-    out = keras_case["tmp"] / "converted_stages"
-    convert("keras", keras_case["notop"], out)
-    return popjax_stages(Backbone.load(out), STAGE_IMAGES), ref
+    tmp = tmp_path_factory.mktemp("keras_stages")
+    write_keras2_h5(model, tmp / "resnet50_notop.h5")
+    convert("keras", tmp / "resnet50_notop.h5", tmp / "converted")
+    return popjax_stages(Backbone.load(tmp / "converted"), STAGE_IMAGES), ref
 
 
 @pytest.mark.parametrize("stage", STAGES)
