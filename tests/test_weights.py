@@ -127,6 +127,7 @@ def keras_case(tmp_path_factory, images):
     return {"full": full, "notop": notop, "logits": logits, "features": features, "tmp": tmp}
 
 
+@pytest.mark.slow   # as test_torchvision_parity, and Keras builds its first ResNet50 in ~20 s
 def test_keras_full_parity(keras_case, images):
     out = keras_case["tmp"] / "converted_full"
     meta = convert("keras", keras_case["full"], out)
@@ -155,11 +156,13 @@ def keras_stages(tmp_path_factory):
     return popjax_stages(Backbone.load(tmp / "converted"), STAGE_IMAGES), ref
 
 
+@pytest.mark.slow   # Keras builds its first ResNet50 in ~20 s
 @pytest.mark.parametrize("stage", STAGES)
 def test_keras_parity_per_stage(keras_stages, stage):
     assert_stage_parity(*keras_stages, stage, "keras")
 
 
+@pytest.mark.slow
 def test_keras_notop_via_cli(keras_case, images):
     out = keras_case["tmp"] / "converted_notop"
     proc = subprocess.run([sys.executable, "-m", "popjax.cli", "convert-weights", "--format", "keras",
@@ -208,6 +211,7 @@ def test_torch_reference_has_torchvision_state_dict_names_order_and_shapes():
     assert got == want, [(g, w) for g, w in zip(got, want) if g != w][:5]
 
 
+@pytest.mark.slow   # popjax's ResNet50 op by op (not jitted) at 224 px: ~30 s for the first call in a process
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_torchvision_parity(torch_case, images, suffix):
     out = torch_case["tmp"] / f"converted{suffix}"
@@ -233,7 +237,7 @@ def torch_stages(torch_case):
         ref["features"] = torch.flatten(model.avgpool(y), 1)
     ref = {k: v.numpy() if v.ndim == 2 else v.permute(0, 2, 3, 1).numpy() for k, v in ref.items()}   # -> NHWC
     out = torch_case["tmp"] / "converted_stages"
-    convert("torchvision", torch_case["tmp"] / "resnet50.safetensors", out)
+    convert("torchvision", torch_case["tmp"] / "resnet50.pth", out)    # (the bf16 test reads the .safetensors)
     return popjax_stages(Backbone.load(out), STAGE_IMAGES), ref
 
 
@@ -284,6 +288,7 @@ def test_missing_extra_and_misshapen_tensors_are_named(torch_case, tmp_path):
         assert not (tmp_path / name).exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_wrong_format_and_corrupt_files(torch_case, keras_case, tmp_path):
     with pytest.raises(WeightsError, match="not a readable HDF5"):
         convert("keras", torch_case["tmp"] / "resnet50.pth", tmp_path / "a")
@@ -322,12 +327,14 @@ def test_pth_is_loaded_without_pickle(tmp_path):
         convert("torchvision", tmp_path / "evil.pth", tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_random_backbone_says_so():
     b = Backbone.random(3)
     assert "NOT ImageNet-pretrained" in b.description and b.metadata["pretrained"] is False
     assert jax.tree.leaves(b.variables)[0].dtype == np.float32
 
 
+@pytest.mark.slow
 def test_small_calls_are_padded_to_a_bucket_not_to_the_batch():
     b = Backbone.random(3)                                      # the default batch of 32 frames
     full = Backbone(jax.device_get(b.variables), b.metadata, buckets=())   # every call padded to 32
@@ -348,6 +355,7 @@ def test_small_calls_are_padded_to_a_bucket_not_to_the_batch():
         np.testing.assert_allclose(got, full.features(frames), rtol=1e-5, atol=1e-5 * np.abs(got).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["keras_case", "torch_case"])
 def test_accelerator_code_path_equals_the_cpu_path(case, images, request):
     """The convolutions a GPU or TPU runs (``kernels="xla"``: XLA's own, no CPU rewrites) give the CPU path's
@@ -365,6 +373,7 @@ def test_accelerator_code_path_equals_the_cpu_path(case, images, request):
     assert rel_err(xla, c["features"], f"{fmt} kernels xla vs reference") < RTOL
 
 
+@pytest.mark.slow
 def test_unknown_kernels_fail_at_construction():
     b = Backbone.random(0)
     with pytest.raises(ValueError, match="kernels = 'gpu'"):
