@@ -21,6 +21,8 @@ from PIL import Image
 
 from synthetic import REPO
 
+pytestmark = pytest.mark.slow   # the demo in a subprocess (minutes), then the popjax CLI
+
 VARIANTS = ("video_mean", "video_attention", "headline_lstm", "headline_attention", "multimodal",
             "multimodal_attention")
 

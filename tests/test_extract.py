@@ -44,6 +44,8 @@ from popjax.data.manifest import SPLITS, assign_split
 from popjax.data.video import ffmpeg_exe, sample_frames
 from synthetic import free_port
 
+pytestmark = pytest.mark.slow   # every test runs `popjax extract` (the ``full`` fixture or its own) in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 4
 BATCH_SIZE = 8      # frames per backbone call

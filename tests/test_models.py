@@ -150,6 +150,7 @@ def test_baseline_and_attention_variants_differ_only_where_the_paper_says():
 
 
 # ------------------------------------------------------------------------------------------- ResNet
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["v1", "v1.5"])
 def test_resnet_bf16_shapes_and_dtypes(variant):
     model = ResNet(stage_sizes=(1, 1, 1, 1), width=8, variant=variant, num_classes=10, dtype=jnp.bfloat16)

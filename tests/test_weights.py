@@ -1,8 +1,11 @@
 """ResNet50 weight conversion: numerical parity with Keras applications and a torchvision-named torch
 reference, both with random weights and non-trivial BatchNorm statistics, plus the error cases."""
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import flax.linen as nn
 import h5py
 import jax
 import jax.numpy as jnp
@@ -30,6 +33,52 @@ def images():
     return rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
 
 
+# Per stage: the activations after the stem (conv1, bn1, relu, maxpool), after every block of the four stages and
+# the pooled features, for 2 preprocessed images of 64 x 64, keyed by torchvision's names (``layer3.2``).
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "features")
+STAGE_IMAGES = np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype(np.float32)
+
+
+def flax_block(name):
+    """torchvision's block name -> popjax's (Keras's) module name: ``layer3.2`` -> ``conv4_block3``."""
+    stage, block = name.removeprefix("layer").split(".")
+    return f"conv{int(stage) + 1}_block{int(block) + 1}"
+
+
+def popjax_stages(backbone, x):
+    """popjax's activations, by intercepting its Bottleneck modules (the stem's output is the first block's input)."""
+    from popjax.models.resnet import Bottleneck
+
+    def forward(variables, x):
+        acts = {}
+
+        def record(next_fun, args, kwargs, context):
+            y = next_fun(*args, **kwargs)
+            if isinstance(context.module, Bottleneck) and context.method_name == "__call__":
+                stage, block = context.module.name.removeprefix("conv").split("_block")
+                if (stage, block) == ("2", "1"):
+                    acts["stem"] = args[0]
+                acts[f"layer{int(stage) - 1}.{int(block) - 1}"] = y
+            return y
+
+        with nn.intercept_methods(record):
+            acts["features"] = backbone.model.apply(variables, x)["features"]
+        return acts
+
+    return jax.device_get(jax.jit(forward)(backbone.variables, x))
+
+
+def assert_stage_parity(ours, ref, stage, what):
+    assert ours.keys() == ref.keys() and len(ref) == 2 + sum((3, 4, 6, 3))
+    names = [k for k in ref if k == stage or k.startswith(stage + ".")]
+    assert names
+    for name in names:
+        label = f"{name} ({flax_block(name)})" if "." in name else name
+        assert ours[name].shape == ref[name].shape, (label, ours[name].shape, ref[name].shape)
+        err = rel_err(ours[name], ref[name], f"{what} {label}")
+        assert err < RTOL, f"{what} {label}: max rel err {err:.2e} >= {RTOL:.0e}"
+
+
 # ---------------------------------------------------------------------------------------------- Keras
 def write_keras2_h5(model, path, include=lambda layer: True):
     """Save ``model`` in the legacy Keras-2 weights layout of the Keras applications files:
@@ -47,18 +96,24 @@ def write_keras2_h5(model, path, include=lambda layer: True):
                 g.create_dataset(name, data=value)
 
 
-@pytest.fixture(scope="module")
-def keras_case(tmp_path_factory, images):
+def random_keras_resnet50(**kwargs):
+    """Keras applications' ResNet50 with random weights and non-trivial BatchNorm statistics."""
     keras = pytest.importorskip("keras")
     assert keras.backend.backend() == "jax"
     keras.utils.set_random_seed(0)
-    model = keras.applications.ResNet50(weights=None, classifier_activation=None)
+    model = keras.applications.ResNet50(weights=None, **kwargs)
     rng = np.random.default_rng(1)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
             layer.set_weights([rng.uniform(0.5, 1.0, n), rng.normal(0, 0.1, n),
                                rng.normal(0, 0.1, n), rng.uniform(0.5, 2.0, n)])
+    return keras, model
+
+
+@pytest.fixture(scope="module")
+def keras_case(tmp_path_factory, images):
+    keras, model = random_keras_resnet50(classifier_activation=None)
     tmp = tmp_path_factory.mktemp("keras")
     full, notop = tmp / "resnet50_full.h5", tmp / "resnet50_notop.h5"
     write_keras2_h5(model, full)
@@ -73,6 +128,7 @@ def keras_case(tmp_path_factory, images):
     return {"full": full, "notop": notop, "logits": logits, "features": features, "tmp": tmp}
 
 
+@pytest.mark.slow   # as test_torchvision_parity, and Keras builds its first ResNet50 in ~20 s
 def test_keras_full_parity(keras_case, images):
     out = keras_case["tmp"] / "converted_full"
     meta = convert("keras", keras_case["full"], out)
@@ -86,6 +142,28 @@ def test_keras_full_parity(keras_case, images):
     assert rel_err(backbone.features(images), keras_case["features"], "keras Backbone.features") < RTOL
 
 
+@pytest.fixture(scope="module")
+def keras_stages(tmp_path_factory):
+    """As ``torch_stages`` for a Keras (v1) no-top ResNet50 of 64 x 64 inputs, written as an h5 weights file and
+    converted; its layers ``pool1_pool`` and ``convS_blockB_out`` (a model of its own: no 224 px Keras runs)."""
+    keras, model = random_keras_resnet50(include_top=False, input_shape=STAGE_IMAGES.shape[1:])
+    names = ["stem"] + [f"layer{i}.{j}" for i, n in enumerate((3, 4, 6, 3), 1) for j in range(n)]
+    outputs = [model.get_layer("pool1_pool" if n == "stem" else flax_block(n) + "_out").output for n in names]
+    ref = dict(zip(names, map(np.asarray, keras.Model(model.input, outputs).predict(STAGE_IMAGES, verbose=0))))
+    ref["features"] = ref["layer4.2"].mean(axis=(1, 2))
+    tmp = tmp_path_factory.mktemp("keras_stages")
+    write_keras2_h5(model, tmp / "resnet50_notop.h5")
+    convert("keras", tmp / "resnet50_notop.h5", tmp / "converted")
+    return popjax_stages(Backbone.load(tmp / "converted"), STAGE_IMAGES), ref
+
+
+@pytest.mark.slow   # Keras builds its first ResNet50 in ~20 s
+@pytest.mark.parametrize("stage", STAGES)
+def test_keras_parity_per_stage(keras_stages, stage):
+    assert_stage_parity(*keras_stages, stage, "keras")
+
+
+@pytest.mark.slow
 def test_keras_notop_via_cli(keras_case, images):
     out = keras_case["tmp"] / "converted_notop"
     proc = subprocess.run([sys.executable, "-m", "popjax.cli", "convert-weights", "--format", "keras",
@@ -116,10 +194,25 @@ def torch_case(tmp_path_factory, images):
         features, logits = model((x - mean) / std)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             features_bf16, _ = model((x - mean) / std)
-    return {"tmp": tmp, "state_dict": model.state_dict(), "features": features.numpy(), "logits": logits.numpy(),
-            "features_bf16": features_bf16.float().numpy()}
+    return {"tmp": tmp, "model": model, "state_dict": model.state_dict(), "features": features.numpy(),
+            "logits": logits.numpy(), "features_bf16": features_bf16.float().numpy()}
 
 
+def test_torch_reference_has_torchvision_state_dict_names_order_and_shapes():
+    """The reference's state dict is torchvision's resnet50's, recorded from torchvision itself (it does not
+    import beside the torch installed here) in tests/data/torchvision_resnet50_state_dict.json."""
+    pytest.importorskip("torch")
+    from popjax.testing.torch_resnet import ResNet50
+
+    recorded = json.loads((Path(__file__).parent / "data" / "torchvision_resnet50_state_dict.json").read_text())
+    want = [(name, list(shape)) for name, shape in recorded["state_dict"]]
+    got = [(name, list(t.shape)) for name, t in ResNet50().state_dict().items()]
+    assert len(want) == 320 and recorded["torchvision"].startswith("0.")
+    assert [n for n, _ in got] == [n for n, _ in want], "names or their order differ from torchvision's"
+    assert got == want, [(g, w) for g, w in zip(got, want) if g != w][:5]
+
+
+@pytest.mark.slow   # popjax's ResNet50 op by op (not jitted) at 224 px: ~30 s for the first call in a process
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_torchvision_parity(torch_case, images, suffix):
     out = torch_case["tmp"] / f"converted{suffix}"
@@ -129,6 +222,30 @@ def test_torchvision_parity(torch_case, images, suffix):
     result = backbone.model.apply(backbone.variables, backbone.preprocess(images))
     assert rel_err(result["features"], torch_case["features"], f"torchvision{suffix} features") < RTOL
     assert rel_err(result["logits"], torch_case["logits"], f"torchvision{suffix} logits") < RTOL
+
+
+@pytest.fixture(scope="module")
+def torch_stages(torch_case):
+    import torch
+
+    model, ref = torch_case["model"], {}
+    with torch.no_grad():
+        y = torch.from_numpy(STAGE_IMAGES).permute(0, 3, 1, 2)                      # NHWC -> NCHW
+        y = ref["stem"] = model.maxpool(model.relu(model.bn1(model.conv1(y))))
+        for i in range(1, 5):
+            for j, block in enumerate(getattr(model, f"layer{i}")):
+                y = ref[f"layer{i}.{j}"] = block(y)
+        ref["features"] = torch.flatten(model.avgpool(y), 1)
+    ref = {k: v.numpy() if v.ndim == 2 else v.permute(0, 2, 3, 1).numpy() for k, v in ref.items()}   # -> NHWC
+    out = torch_case["tmp"] / "converted_stages"
+    convert("torchvision", torch_case["tmp"] / "resnet50.pth", out)    # (the bf16 test reads the .safetensors)
+    return popjax_stages(Backbone.load(out), STAGE_IMAGES), ref
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_torchvision_parity_per_stage(torch_stages, stage):
+    """Each stage, and each block of it, on its own: a conversion or layer error is named where it arises."""
+    assert_stage_parity(*torch_stages, stage, "torchvision")
 
 
 def test_torchvision_bf16_as_close_as_torch_autocast(torch_case, images):
@@ -172,6 +289,7 @@ def test_missing_extra_and_misshapen_tensors_are_named(torch_case, tmp_path):
         assert not (tmp_path / name).exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_wrong_format_and_corrupt_files(torch_case, keras_case, tmp_path):
     with pytest.raises(WeightsError, match="not a readable HDF5"):
         convert("keras", torch_case["tmp"] / "resnet50.pth", tmp_path / "a")
@@ -210,12 +328,14 @@ def test_pth_is_loaded_without_pickle(tmp_path):
         convert("torchvision", tmp_path / "evil.pth", tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_random_backbone_says_so():
     b = Backbone.random(3)
     assert "NOT ImageNet-pretrained" in b.description and b.metadata["pretrained"] is False
     assert jax.tree.leaves(b.variables)[0].dtype == np.float32
 
 
+@pytest.mark.slow
 def test_small_calls_are_padded_to_a_bucket_not_to_the_batch():
     b = Backbone.random(3, batch_size=8)
     default = Backbone(jax.device_get(b.variables), b.metadata)   # the default constructor: a batch of 32 ...
@@ -240,6 +360,7 @@ def test_small_calls_are_padded_to_a_bucket_not_to_the_batch():
         np.testing.assert_allclose(got, b.features(padded)[:n], rtol=1e-5, atol=1e-5 * np.abs(got).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["keras_case", "torch_case"])
 def test_accelerator_code_path_equals_the_cpu_path(case, images, request):
     """The convolutions a GPU or TPU runs (``kernels="xla"``: XLA's own, no CPU rewrites) give the CPU path's
@@ -257,6 +378,7 @@ def test_accelerator_code_path_equals_the_cpu_path(case, images, request):
     assert rel_err(xla, c["features"], f"{fmt} kernels xla vs reference") < RTOL
 
 
+@pytest.mark.slow
 def test_unknown_kernels_fail_at_construction():
     b = Backbone.random(0)
     with pytest.raises(ValueError, match="kernels = 'gpu'"):
