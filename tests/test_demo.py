@@ -2,7 +2,10 @@
 
 ``python train.py`` runs in a subprocess exactly as a user runs it (one JAX CPU device per core), on a
 40-video demo corpus with one search trial, one seed and a few epochs: every stage must run and write its
-files; the numbers are not checked here (the default-size demo's are in benchmarks/RESULTS.md).
+files, each well-formed (Table 1's six rows and their metrics, the faithfulness measures, each explanation's
+figure, page and per-frame JSON), and the explanations must find the planted visual cue better than chance
+would. At this size the test split holds 2 videos and 3 epochs teach the models little, so Table 1's numbers
+are only checked for form (the default-size demo's are in benchmarks/RESULTS.md).
 Then ``popjax explain`` (a fresh process, every local device) on a test row must reproduce the demo's own
 explanation of that row, and the in-process ``Explainer`` on one device must agree with both: the frames
 split over the devices change nothing but the speed.
@@ -25,6 +28,8 @@ pytestmark = pytest.mark.slow   # the demo in a subprocess (minutes), then the p
 
 VARIANTS = ("video_mean", "video_attention", "headline_lstm", "headline_attention", "multimodal",
             "multimodal_attention")
+SEEDS = [0]          # --config.train.num_seeds=1 from config.train.first_seed = 0
+EXPLAINED = 2        # --config.demo.explain_examples=2
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +63,131 @@ def test_every_stage_writes_its_outputs(demo):
     for fig in figures:
         assert Image.open(fig).size[0] >= 800
         assert {p.name for p in fig.parent.iterdir()} == {"figure.png", "headline.html", "explanation.json"}
+
+
+def _truth(W):
+    return {r["id"]: r for r in map(json.loads, (W / "demo" / "truth.jsonl").read_text().splitlines())}
+
+
+def _test_rows(W):
+    from popjax.data.manifest import read_manifest
+
+    return [r for r in read_manifest(W / "demo" / "manifest.csv").rows if r.split == "test"]
+
+
+def test_table1_rows_and_metrics(demo):
+    W, stdout = demo
+    from popjax.data import dataset
+    from popjax.experiment import format_table1
+
+    table = json.loads((W / "table1.json").read_text())
+    assert (W / "table1.md").read_text() == format_table1(table) and format_table1(table) in stdout
+    assert set(VARIANTS) <= set(table["paper"])
+    for v, p in table["paper"].items():
+        assert 0.0 < p["accuracy"] < 1.0 and -1.0 <= p["spearman"] <= 1.0, v
+    labels = dataset.load_split(W / "features", "test")["label"]
+    assert 0 < labels.sum() < len(labels)
+    for row in table["rows"]:
+        v = row["variant"]
+        m = json.loads((W / v / "metrics.json").read_text())
+        assert row["seeds"] == len(SEEDS) and m["seeds"]["seed"] == SEEDS and m["selected_seed"] in SEEDS, v
+        for key in ("accuracy", "spearman", "accuracy_std", "spearman_std"):
+            assert np.isfinite(row[key]), (v, key)
+        assert 0.0 <= row["accuracy"] <= 1.0 and -1.0 <= row["spearman"] <= 1.0, row
+        assert row["accuracy_std"] == row["spearman_std"] == 0.0, row        # one seed
+        assert row["accuracy"] == m["seeds"]["test_accuracy_mean"] == m["test"]["accuracy"], v
+        assert row["spearman"] == m["seeds"]["test_spearman_mean"] == m["test"]["spearman"], v
+        assert m["test"]["n"] == len(labels) and m["epochs_run"] == 3, v
+        assert "NOT ImageNet-pretrained" in m["backbone"], v
+        # accuracy is a whole number of the test videos
+        assert abs(row["accuracy"] * len(labels) - round(row["accuracy"] * len(labels))) < 1e-9, v
+
+
+def test_faithfulness_beats_chance(demo):
+    W, stdout = demo
+    from popjax.data import dataset
+
+    faith = json.loads((W / "faithfulness.json").read_text())
+    truth, test = _truth(W), _test_rows(W)
+    visual = [r for r in test if truth[r.id]["cues"]]
+    worded = [r for r in test if truth[r.id]["cue_words"]]
+    assert faith["videos"] == len(test) and visual
+    assert faith["counts"]["visual_cue_videos"] == len(visual) and faith["counts"]["cue_word_videos"] == len(worded)
+    assert faith["counts"]["cue_frames"] >= len(visual)
+    assert faith["settings"] == {"split": "test", "cells": 4, "random_draws": 2, "pointing_tolerance_px": 15,
+                                 "target": "popular"}
+    for k in ("pointing_game", "frame_attention_hit", "word_attention_hit", "deletion_top", "deletion_random"):
+        if k == "word_attention_hit" and not worded:        # no test video has a cue word at this size
+            assert faith[k] is None and '"word_attention_hit": null' in stdout
+            continue
+        assert faith[k] is not None and 0.0 <= faith[k] <= 1.0, (k, faith[k])
+        assert f'"{k}": {faith[k]}' in stdout, k
+    S, span = 224, dataset.read_metadata(W / "features")["seconds"]
+    # Chance: a uniformly random point of the frame inside the cue's box (+ the 15-px tolerance) ...
+    areas = []
+    for r in visual:
+        x0, y0, x1, y1 = (np.clip(np.array(truth[r.id]["cues"][0]["box"]) * S + [-15, -15, 15, 15], 0, S))
+        areas.append((x1 - x0) * (y1 - y0) / S**2)
+    assert faith["pointing_game"] > max(areas), (faith["pointing_game"], areas)
+    # ... a random frame showing the cue (shown for 25-40 % of the sampled span) ...
+    shown = [(c["t1"] - c["t0"]) / span for r in visual for c in truth[r.id]["cues"]]
+    assert max(shown) <= 0.41 and faith["frame_attention_hit"] > max(shown), (faith["frame_attention_hit"], shown)
+    # ... a random word of the headline being its cue word.
+    if worded:
+        assert faith["word_attention_hit"] > max(1 / len(r.headline.split()) for r in worded)
+
+
+def test_explanation_files(demo):
+    W, stdout = demo
+    from popjax.data import dataset
+    from popjax.explain import faithfulness, render
+
+    truth = _truth(W)
+    test = _test_rows(W)
+    headlines = {r.id: r.headline for r in test}
+    meta = dataset.read_metadata(W / "features")
+    N, S = meta["num_frames"], meta["image_size"]
+    # The test videos the demo explains: one with both cues, one with the visual cue only, then ones without.
+    both = [r.id for r in test if truth[r.id]["cues"] and truth[r.id]["cue_words"]][:1]
+    visual_only = [r.id for r in test if truth[r.id]["cues"] and not truth[r.id]["cue_words"]][:1]
+    plain = [r.id for r in test if not truth[r.id]["cues"]]
+    want = (both + visual_only + plain)[:EXPLAINED]
+    dirs = sorted((W / "explanations").iterdir())
+    assert len(want) == EXPLAINED and [d.name for d in dirs] == sorted(want)
+    for d in dirs:
+        with Image.open(d / "figure.png") as im:
+            assert im.format == "PNG" and im.mode == "RGB"
+            width, height = im.size
+            im.verify()
+        assert width >= 800 and height >= 400, (width, height)
+        e = json.loads((d / "explanation.json").read_text())
+        assert e["headline"] == headlines[d.name] and Path(e["video"]).name == f"{d.name}.mp4"
+        assert e["target"] == "popular" and e["normalization"] == "frame" and 0.0 <= e["score"] <= 1.0
+        assert e["model"] == {"modality": "multimodal", "frame_pooling": "attention", "headline_pooling": "attention"}
+        assert "NOT ImageNet-pretrained" in e["backbone"]
+        alpha = np.array([f["attention"] for f in e["frames"]])
+        heat = np.array([f["heatmap"] for f in e["frames"]])
+        times = np.array([f["timestamp"] for f in e["frames"]])
+        assert len(e["frames"]) == N and heat.shape == (N, 7, 7), heat.shape
+        assert np.all(alpha >= 0) and alpha.sum() == pytest.approx(1.0, abs=1e-5)
+        assert heat.min() >= 0.0 and heat.max() <= 1.0
+        assert all(max(map(max, f["heatmap"])) == 0.0 for f in e["frames"] if f["no_positive_evidence"])
+        assert np.all(np.diff(times) > 0) and 0.0 <= times[0] and times[-1] <= meta["seconds"]
+        cues = truth[d.name]["cues"]
+        if cues:      # the highest-attention frame shows the planted disk, and its heatmap points at it
+            top = e["frames"][int(np.argmax(alpha))]
+            assert faithfulness.cue_at(truth[d.name], top["timestamp"]) is not None, (top["timestamp"], cues)
+            point = render.heatmap_argmax_xy(np.array(top["heatmap"]), S)
+            assert point is not None and faithfulness.in_box(point, cues[0]["box"], S), (point, cues[0]["box"])
+        words = [w["word"] for w in e["words"]]
+        beta = np.array([w["weight"] for w in e["words"]])
+        assert e["word_weight"] == "attention beta" and words
+        assert words == e["headline"].lower().split()[:len(words)]      # (at most the model's max_words)
+        assert np.all(beta >= 0) and beta.sum() == pytest.approx(1.0, abs=1e-5)
+        page = (d / "headline.html").read_text(encoding="utf-8")
+        assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+        assert all(f">{w}</span>" in page for w in words) and "NOT ImageNet-pretrained" in page
+        assert str(d / "figure.png") in stdout
 
 
 def _read(path):
