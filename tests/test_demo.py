@@ -26,8 +26,9 @@ from synthetic import REPO
 
 pytestmark = pytest.mark.slow   # the demo in a subprocess (minutes), then the popjax CLI
 
-VARIANTS = ("video_mean", "video_attention", "headline_lstm", "headline_attention", "multimodal",
-            "multimodal_attention")
+PAPER_ROWS = ("video_mean", "video_attention", "headline_lstm", "headline_attention", "multimodal",
+              "multimodal_attention")
+VARIANTS = PAPER_ROWS + ("gbdt",)   # and the gradient-boosted-trees baseline
 SEEDS = [0]          # --config.train.num_seeds=1 from config.train.first_seed = 0
 EXPLAINED = 2        # --config.demo.explain_examples=2
 
@@ -82,7 +83,8 @@ def test_table1_rows_and_metrics(demo):
 
     table = json.loads((W / "table1.json").read_text())
     assert (W / "table1.md").read_text() == format_table1(table) and format_table1(table) in stdout
-    assert set(VARIANTS) <= set(table["paper"])
+    assert set(table["paper"]) == set(PAPER_ROWS) and table["reference"] == "video_mean"
+    assert (W / "table1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for v, p in table["paper"].items():
         assert 0.0 < p["accuracy"] < 1.0 and -1.0 <= p["spearman"] <= 1.0, v
     labels = dataset.load_split(W / "features", "test")["label"]
@@ -97,7 +99,15 @@ def test_table1_rows_and_metrics(demo):
         assert row["accuracy_std"] == row["spearman_std"] == 0.0, row        # one seed
         assert row["accuracy"] == m["seeds"]["test_accuracy_mean"] == m["test"]["accuracy"], v
         assert row["spearman"] == m["seeds"]["test_spearman_mean"] == m["test"]["spearman"], v
-        assert m["test"]["n"] == len(labels) and m["epochs_run"] == 3, v
+        assert m["test"]["n"] == len(labels) and m["epochs_run"] == (0 if v == "gbdt" else 3), v
+        # Its 95% interval over test videos holds the row's value; each row but the reference is compared.
+        low, high = row["accuracy_ci"]
+        assert low <= row["accuracy"] <= high, row
+        d = row["vs_reference"]["accuracy"]   # the same test videos: a paired comparison for every row
+        assert d["ci"][0] <= d["diff"] <= d["ci"][1] and (v != "video_mean" or d == {"diff": 0.0, "ci": [0.0, 0.0],
+                                                                                      "p_value": 1.0}), (v, d)
+        p = np.load(W / v / "test_predictions.npy", allow_pickle=False)
+        assert p.shape == (len(SEEDS), len(labels)), v
         assert "NOT ImageNet-pretrained" in m["backbone"], v
         # accuracy is a whole number of the test videos
         assert abs(row["accuracy"] * len(labels) - round(row["accuracy"] * len(labels))) < 1e-9, v

@@ -66,6 +66,7 @@ def small_study(features, **overrides):
     return config
 
 
+@pytest.mark.slow   # two cells trained
 def test_two_identical_settings_differ_by_an_interval_containing_zero(features, tmp_path):
     same = {"model.frame_pooling": "mean"}
     config = small_study(features, variants=(("a", same), ("b", same)))
@@ -78,6 +79,7 @@ def test_two_identical_settings_differ_by_an_interval_containing_zero(features, 
         assert b[metric]["mean"] == result["cells"][0][metric]["mean"]
 
 
+@pytest.mark.slow   # four cells trained
 def test_study_runs_every_cell_and_writes_table_json_and_figure(features, tmp_path):
     from PIL import Image
 
