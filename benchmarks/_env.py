@@ -103,6 +103,19 @@ def interleaved(calls: dict, rounds: int, per_round: int = 1) -> dict[object, li
     return times
 
 
+def standard_arguments(parser, name: str, *, devices_like: str | None = None, quick: str | None = None):
+    """The options every script shares: ``--markdown``, ``--out`` (benchmarks/out/NAME.json), and where given
+    ``--quick`` (its help) and ``--devices`` (JAX CPU devices as ``devices_like`` makes them, or JAX's one)."""
+    if devices_like:
+        parser.add_argument("--devices", choices=("all", "one"), default="all",
+                            help=f"JAX CPU devices: 'all' = one per core as {devices_like} (default), "
+                                 "'one' = JAX's default")
+    if quick:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
+    parser.add_argument("--out", default=f"benchmarks/out/{name}.json")
+
+
 def median(xs):
     return statistics.median(xs)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _env import environment, interleaved, markdown_table, median, write_result
+from _env import environment, interleaved, markdown_table, median, standard_arguments, write_result
 
 
 def main() -> None:
@@ -20,8 +20,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 18])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     parser.add_argument("--calls", type=int, default=2, help="timed calls per round and backbone")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/backbone_call_sizes.json")
+    standard_arguments(parser, "backbone_call_sizes")
     args = parser.parse_args()
     from popjax import parallel, runtime
 

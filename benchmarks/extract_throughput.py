@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _env import environment, interleaved, jax_matmul_gflops, markdown_table, median, per_call, rel_err, write_result
+from _env import (environment, interleaved, jax_matmul_gflops, markdown_table, median, per_call, rel_err,
+                  standard_arguments, write_result)
 from extraction import converted_weights, torch_reference
 
 IMAGE = 224
@@ -185,14 +186,11 @@ def main() -> None:
                         help="timed calls per row and round (default 2; quick 1); the row is the median of all")
     parser.add_argument("--rounds", type=int, default=None,
                         help="interleaved rounds over every row (default 3; quick 3)")
-    parser.add_argument("--devices", choices=("all", "one"), default="all",
-                        help="JAX CPU devices: 'all' = one per core as the popjax CLI (default), 'one' = JAX's default")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="batch 18, 3 rounds x 1 call, no single-device bf16")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/extract_throughput.json")
+    standard_arguments(parser, "extract_throughput", devices_like="the popjax CLI",
+                       quick="batch 18, 3 rounds x 1 call, no single-device bf16")
     args = parser.parse_args()
     q = args.quick
     args.batch_sizes = args.batch_sizes or ([18] if q else [8, 32])

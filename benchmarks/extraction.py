@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _env import environment, markdown_table, per_call, write_result
+from _env import environment, markdown_table, per_call, standard_arguments, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,9 +215,7 @@ def main() -> None:
     parser.add_argument("--backbone-calls", type=int, default=8, help="timed full-batch backbone calls")
     parser.add_argument("--corpus", default="benchmarks/out/demo_corpus", help="kept between runs")
     parser.add_argument("--seed", type=int, default=0, help="of the converted weights")
-    parser.add_argument("--quick", action="store_true", help="8 videos, 1 decode run, 3 backbone calls")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/extraction.json")
+    standard_arguments(parser, "extraction", quick="8 videos, 1 decode run, 3 backbone calls")
     args = parser.parse_args()
     if args.quick:
         args.videos, args.runs, args.backbone_calls = min(args.videos, 8), 1, 3

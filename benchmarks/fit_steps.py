@@ -22,7 +22,7 @@ import inspect
 import time
 
 import numpy as np
-from _env import environment, markdown_table, median, per_call, write_result
+from _env import environment, markdown_table, median, per_call, standard_arguments, write_result
 
 N_FRAMES, FEAT, T_WORDS, WORD_DIM, VOCAB = 18, 2048, 20, 300, 20_000
 HP = {"learning_rate": 1e-3, "weight_decay": 1e-4, "input_dropout": 0.1, "dropout": 0.3}
@@ -107,9 +107,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--cpu-opt-level", type=int, nargs="+", default=[None],
                         help="config.train.cpu_opt_level values to compare, interleaved (default: XLA's own level)")
-    parser.add_argument("--quick", action="store_true", help="3 steps per epoch, 2 epochs")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/fit_steps.json")
+    standard_arguments(parser, "fit_steps", quick="3 steps per epoch, 2 epochs")
     args = parser.parse_args()
     steps = args.steps or (3 if args.quick else 8)
     epochs = args.epochs or (2 if args.quick else 4)

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from _env import environment, markdown_table, per_call, write_result
+from _env import environment, markdown_table, per_call, standard_arguments, write_result
 from popjax.data.video import ffmpeg_exe, sample_frames
 
 
@@ -34,8 +34,7 @@ def real_videos() -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/frame_sampling.json")
+    standard_arguments(parser, "frame_sampling")
     args = parser.parse_args()
     env = environment()
 

@@ -17,7 +17,7 @@ import argparse
 import time
 
 import numpy as np
-from _env import environment, interleaved, markdown_table, median, per_call, write_result
+from _env import environment, interleaved, markdown_table, median, per_call, standard_arguments, write_result
 from train_steps import FEAT, N_FRAMES, T_WORDS, constants_collection
 
 
@@ -125,11 +125,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="videos per call (default 1 4; quick 1)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="timed rounds after the first call, every placement in turn (default 3; quick 2)")
-    parser.add_argument("--devices", choices=("all", "one"), default="all",
-                        help="JAX CPU devices: 'all' = one per core as the popjax command (default), 'one' = JAX's default")
-    parser.add_argument("--quick", action="store_true", help="1 video per call, 2 rounds, fewer rows")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/gradcam.json")
+    standard_arguments(parser, "gradcam", devices_like="the popjax command",
+                       quick="1 video per call, 2 rounds, fewer rows")
     args = parser.parse_args()
     q = args.quick
     args.batches = args.batches or ([1] if q else [1, 4])

@@ -19,7 +19,7 @@ import os
 import time
 
 import numpy as np
-from _env import environment, interleaved, markdown_table, median, per_call, rel_err, write_result
+from _env import environment, interleaved, markdown_table, median, per_call, rel_err, standard_arguments, write_result
 
 T_WORDS, BATCH, WORD_DIM, HIDDEN = 20, 64, 300, 128
 
@@ -214,9 +214,7 @@ def main() -> None:
     parser.add_argument("--devices", choices=("all", "one"), default="all",
                         help="JAX CPU devices: 'all' = one per core as train.py (default), 'one' = JAX's default; "
                              "the variants run on the default device either way")
-    parser.add_argument("--quick", action="store_true", help="7 rounds, unroll 1 only")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/lstm_recurrence.json")
+    standard_arguments(parser, "lstm_recurrence", quick="7 rounds, unroll 1 only")
     args = parser.parse_args()
     q = args.quick
     args.rounds = args.rounds or (7 if q else 20)

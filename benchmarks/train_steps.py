@@ -35,7 +35,7 @@ import os
 import time
 
 import numpy as np
-from _env import environment, interleaved, markdown_table, median, per_call, write_result
+from _env import environment, interleaved, markdown_table, median, per_call, standard_arguments, write_result
 
 T_WORDS, BATCH, WORD_DIM, HIDDEN, N_FRAMES, FEAT = 20, 64, 300, 128, 18, 2048
 HP = {"learning_rate": 1e-3, "weight_decay": 1e-4, "input_dropout": 0.1, "dropout": 0.3}   # configs/default.py
@@ -380,12 +380,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop the head-only row's timed loop after this long (default 30; quick 1.5)")
     parser.add_argument("--torch-threads", type=int, default=0, help="0: one per core (default)")
-    parser.add_argument("--devices", choices=("all", "one"), default="all",
-                        help="JAX CPU devices: 'all' = one per core as train.py (default), 'one' = JAX's default")
     parser.add_argument("--sections", nargs="+", default=["headline", "multimodal"], choices=["headline", "multimodal"])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and variants")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as RESULTS.md holds it")
-    parser.add_argument("--out", default="benchmarks/out/train_steps.json")
+    standard_arguments(parser, "train_steps", devices_like="train.py", quick="fewer steps and variants")
     args = parser.parse_args()
     q = args.quick
     args.steps = args.steps or (20 if q else 100)
