@@ -198,7 +198,10 @@ def plot(study: Mapping, title: str = "Study") -> bytes:
         mean = np.array([scale * c[metric]["mean"] for c in cells_])
         lo = np.array([scale * c[metric]["ci"][0] for c in cells_])
         hi = np.array([scale * c[metric]["ci"][1] for c in cells_])
-        ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", color="tab:blue", capsize=3)
+        # A seed mean can sit outside the bootstrap interval of its seed-mean (resamples where a metric is
+        # undefined are left out of the interval): no whisker on that side.
+        ax.errorbar(mean, y, xerr=[np.maximum(mean - lo, 0), np.maximum(hi - mean, 0)], fmt="o",
+                    color="tab:blue", capsize=3)
         ax.set_yticks(y, names, fontsize=8)
         ax.set_xlabel(f"{label} (mean over seeds, {100 * study['confidence']:g}% bootstrap interval)", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
@@ -214,7 +217,8 @@ def plot(study: Mapping, title: str = "Study") -> bytes:
                 continue
             diff, (dlo, dhi) = scale * d["diff"], (scale * d["ci"][0], scale * d["ci"][1])
             significant = d["p_value"] is not None and d["p_value"] < 0.05
-            ax.errorbar([diff], [yi], xerr=[[diff - dlo], [dhi - diff]], fmt="o", capsize=3, color="tab:red",
+            ax.errorbar([diff], [yi], xerr=[[max(diff - dlo, 0)], [max(dhi - diff, 0)]], fmt="o", capsize=3,
+                        color="tab:red",
                         markerfacecolor="tab:red" if significant else "white")
         ax.axvline(0.0, color="gray", linestyle="--", linewidth=1)
         ax.set_xlabel(f"Δ {label} vs the reference (paired interval; filled: p < 0.05)", fontsize=8)

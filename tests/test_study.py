@@ -115,3 +115,21 @@ def test_bad_study_fields_are_config_errors(features, tmp_path):
         workflow.run(small_study(features), tmp_path)
     with pytest.raises(experiment.ConfigError, match="config.model.frame_pooling"):
         workflow.run(small_study(features, grid=(("model.frame_pooling", ("mean", "maxx")),)), tmp_path)
+
+
+def test_the_figure_draws_means_outside_their_interval_and_undefined_values():
+    """At a handful of test videos a seed mean can fall outside the bootstrap interval (resamples where Spearman
+    is undefined are left out of it) and intervals can be NaN: the figure still draws."""
+    from PIL import Image
+    import io
+
+    metric = lambda mean, lo, hi: {"mean": mean, "std": 0.0, "ci": [lo, hi]}   # noqa: E731
+    diff = {"diff": -0.5, "ci": [-0.2, 0.1], "p_value": float("nan")}
+    cells = [{"name": "a", "accuracy": metric(0.5, 0.5, 0.5), "spearman": metric(-1.0, 1.0, 1.0),
+              "vs_reference": None},
+             {"name": "b", "accuracy": metric(0.5, 0.6, 0.9), "spearman": metric(float("nan"), float("nan"),
+                                                                                  float("nan")),
+              "vs_reference": {"accuracy": diff, "spearman": diff}}]
+    png = study.plot({"cells": cells, "reference": "a", "confidence": 0.95, "n_test": 2})
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
