@@ -86,9 +86,7 @@ def reembed(vocab_path, glove_path) -> np.ndarray:
     from popjax.data.text import Vocabulary, WordVectors
 
     vocab = Vocabulary.load(vocab_path)
-    vectors = WordVectors.load(glove_path, words=vocab.itos[2:])
-    matrix, _ = vectors.lookup(vocab.itos[2:])
-    return np.concatenate([np.zeros((2, vectors.dim), np.float32), np.asarray(matrix, np.float32)])
+    return vocab.embedding_matrix(WordVectors.load(glove_path, words=vocab.itos[2:]), missing_ok=True)
 
 
 def trim_headlines(splits: Mapping[str, dict]) -> int:

@@ -350,10 +350,11 @@ class Vocabulary:
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.itos[int(i)] for i in ids]
 
-    def embedding_matrix(self, vectors: WordVectors) -> np.ndarray:
-        """float32 [len(self), dim]: row i = vector of word i; zero rows for <pad> and <unk>."""
+    def embedding_matrix(self, vectors: WordVectors, missing_ok: bool = False) -> np.ndarray:
+        """float32 [len(self), dim]: row i = vector of word i; zero rows for <pad> and <unk>, and with
+        ``missing_ok`` for the words ``vectors`` lacks (else those are a ``ValueError``)."""
         mat, found = vectors.lookup(self.itos[2:])
-        if not found.all():
+        if not missing_ok and not found.all():
             missing = [w for w, f in zip(self.itos[2:], found) if not f]
             raise ValueError(f"{len(missing)} vocabulary word(s) have no vector in "
                              f"{vectors.source!r} (e.g. {missing[:5]}); build the vocabulary "
