@@ -7,18 +7,35 @@ says so in ``description`` and ``metadata`` (every output that depends on it rec
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from popjax import parallel
+from popjax import parallel, runtime
 from popjax.models.resnet import ResNet50
 from popjax.ops import cpu_conv
 from popjax.weights import FORMAT_VERSION, PREPROCESSING, load_backbone
 
 KERNELS = ("auto", "cpu", "xla")
+DTYPES = ("float32", "bfloat16", "auto")
+
+
+def resolve_dtype(dtype="float32") -> jnp.dtype:
+    """The compute dtype a backbone uses for ``dtype`` (``DTYPES`` or a dtype): ``"auto"`` is bfloat16 where
+    the devices compute it in hardware (``runtime.native_bfloat16``: TPUs, recent GPUs, CPUs with bf16 dot
+    instructions) and float32 elsewhere."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype = {dtype!r}: expected one of {DTYPES}")
+        if dtype == "auto":
+            dtype = "bfloat16" if runtime.native_bfloat16() else "float32"
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"dtype = {dtype}: expected float32 or bfloat16")
+    return dtype
 
 
 def cpu_kernels(kernels: str = "auto") -> bool:
@@ -61,18 +78,46 @@ def call_buckets(batch_size: int, multiple: int, count: int = 4) -> tuple[int, .
     return tuple(sorted(halves | {min(multiple, batch_size)}))
 
 
+def _one_shot_options(mesh) -> dict | None:
+    """Compiler options of the programs that run once per backbone (initialisation, BatchNorm calibration):
+    on CPU devices LLVM's -O1, which compiles them in a fraction of the time; elsewhere XLA's defaults."""
+    return {"xla_backend_optimization_level": 1} if mesh.devices.flat[0].platform == "cpu" else None
+
+
+# The compiled programs are shared by every backbone of one model, preprocessing and mesh (a backbone
+# calibrated, saved and loaded again finds its programs compiled).
+@functools.lru_cache(maxsize=None)
+def _forward_program(model, spec: str, image_size: int, mesh) -> Callable:
+    preprocessing = json.loads(spec)
+    return jax.jit(lambda variables, frames: model.apply(variables, preprocess(
+        frames, preprocessing, image_size))["features"], out_shardings=parallel.batch_sharding(mesh))
+
+
+@functools.lru_cache(maxsize=None)
+def _calibration_program(model, spec: str, image_size: int, mesh) -> Callable:
+    """variables, uint8 frames (split over the mesh) -> the BatchNorm statistics of one train-mode pass."""
+    preprocessing, model = json.loads(spec), model.clone(bn_momentum=0.0)
+
+    def statistics(variables, frames):
+        x = preprocess(frames, preprocessing, image_size)
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+
+    return jax.jit(statistics, out_shardings=parallel.replicated(mesh), compiler_options=_one_shot_options(mesh))
+
+
 class Backbone:
     """ResNet50 with its variables and metadata; ``features`` is jit-compiled, batched and sharded
     over this process's devices.
 
-    ``dtype``: float32 (true float32 on every platform) or bfloat16 (the fast path). ``kernels``: the
-    layers' forms (``KERNELS``; ``"auto"``: ``popjax.ops.cpu_conv``'s on the CPU, XLA's own elsewhere).
+    ``dtype``: float32 (true float32 on every platform), bfloat16 (the fast path) or ``"auto"``
+    (``resolve_dtype``). ``kernels``: the layers' forms (``KERNELS``; ``"auto"``: ``popjax.ops.cpu_conv``'s on
+    the CPU, XLA's own elsewhere).
     """
 
     def __init__(self, variables: Mapping, metadata: Mapping, *, dtype=jnp.float32, batch_size: int = 32,
                  mesh=None, buckets: Sequence[int] | None = None, kernels: str = "auto"):
         self.metadata = dict(metadata)
-        self.dtype = jnp.dtype(dtype)
+        self.dtype = resolve_dtype(dtype)
         self.kernels = kernels
         self.model = resnet50(kernels, variant=self.metadata["variant"], num_classes=self.metadata["num_classes"],
                               dtype=self.dtype)
@@ -84,7 +129,8 @@ class Backbone:
         self.variables = jax.device_put(
             {"params": variables["params"], "batch_stats": variables["batch_stats"]},
             parallel.replicated(self.mesh))
-        self._features = jax.jit(self._forward, out_shardings=parallel.batch_sharding(self.mesh))
+        self._spec = json.dumps(self.metadata["preprocessing"], sort_keys=True)
+        self._features = _forward_program(self.model, self._spec, self.metadata["image_size"], self.mesh)
 
     # ------------------------------------------------------------------------------------ constructors
     @classmethod
@@ -104,7 +150,9 @@ class Backbone:
         the demo's small value keeps a planted cue learnable while seeing the whole frame.
         """
         model = resnet50(kwargs.get("kernels", "auto"), variant=variant, residual_scale_init=residual_scale_init)
-        variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))
+        mesh = kwargs["mesh"] if kwargs.get("mesh") is not None else parallel.local_mesh()
+        init = jax.jit(model.init, compiler_options=_one_shot_options(mesh))
+        variables = init(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))
         metadata = {"format_version": FORMAT_VERSION, "arch": "resnet50", "variant": variant, "num_classes": 0,
                     "image_size": 224,
                     "preprocessing": PREPROCESSING["torch"], "pretrained": False,
@@ -112,19 +160,30 @@ class Backbone:
         return cls(variables, metadata, **kwargs)
 
     def calibrate(self, frames) -> "Backbone":
-        """A copy whose BatchNorm statistics are re-estimated on ``frames`` (one train-mode pass).
+        """A copy whose BatchNorm statistics are re-estimated on ``frames`` (one train-mode pass, split over
+        the devices when they divide the frames evenly; the statistics are those of all the frames).
 
         For a random backbone the default statistics (mean 0, variance 1) are meaningless; re-estimating
         them on frames of the corpus keeps every layer's activations standardised.
         """
-        model = self.model.clone(bn_momentum=0.0)
-        x = preprocess(np.asarray(frames), self.metadata["preprocessing"], self.metadata["image_size"])
-        _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
-            self.variables, x)
-        variables = {"params": self.variables["params"], "batch_stats": updates["batch_stats"]}
-        metadata = {**self.metadata, "source": {**self.metadata["source"], "bn_calibration_frames": len(x)}}
+        frames = np.asarray(frames)
+        program = _calibration_program(self.model, self._spec, self.metadata["image_size"], self.mesh)
+        batch_stats = program(self.variables, jax.device_put(frames, parallel.split_sharding(self.mesh, frames.shape)))
+        variables = {"params": self.variables["params"], "batch_stats": batch_stats}
+        metadata = {**self.metadata, "source": {**self.metadata["source"], "bn_calibration_frames": len(frames)}}
         return Backbone(jax.device_get(variables), metadata, dtype=self.dtype, batch_size=self.batch_size,
                         mesh=self.mesh, buckets=self.buckets, kernels=self.kernels)
+
+    def compile(self) -> "Backbone":
+        """Compile ``features``' program for a full batch of ``image_size`` frames now, kernel transforms
+        included, rather than on the first call; returns ``self``. Every backbone of the same model,
+        preprocessing, batch size and devices shares it (e.g. this one once calibrated, saved and loaded), so
+        it can compile in a thread while other work goes on."""
+        size = self.metadata["image_size"]
+        frames = jax.ShapeDtypeStruct((self.batch_size, size, size, 3), np.uint8,
+                                      sharding=parallel.batch_sharding(self.mesh))
+        self._features.lower(self.inference_variables, frames).compile()
+        return self
 
     # ------------------------------------------------------------------------------------------- use
     @property
@@ -148,9 +207,6 @@ class Backbone:
 
     def preprocess(self, frames):
         return preprocess(frames, self.metadata["preprocessing"], self.metadata["image_size"])
-
-    def _forward(self, variables, frames):
-        return self.model.apply(variables, self.preprocess(frames))["features"]
 
     def features(self, frames) -> np.ndarray:
         """uint8 RGB frames [N, H, W, 3] (any H, W) -> float32 [N, 2048], in batches of ``batch_size``.

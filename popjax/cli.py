@@ -102,7 +102,7 @@ def _explain(args) -> int:
             if args.row not in rows:
                 raise ManifestError(f"{args.manifest}: no accepted row with id {args.row!r}")
             video, headline = rows[args.row].video, rows[args.row].headline
-        trained = TrainedModel.load(args.workdir)
+        trained = TrainedModel.load(args.workdir, dtype=args.dtype)
         explanation, frames = Explainer(trained, args.target, args.normalization).explain_file(video, headline or "")
     except (ManifestError, FileNotFoundError) as e:
         print(f"popjax explain: error: {e}", file=sys.stderr)
@@ -119,6 +119,11 @@ def _add_decoder(p) -> None:
     p.add_argument("--decoder", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="video decoding: cpu (ffmpeg), cuda (NVDEC on an NVIDIA GPU; a video it cannot decode "
                         "falls back to the CPU, reported), auto (cuda when JAX runs on an NVIDIA GPU)")
+
+
+def _add_dtype(p) -> None:
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "auto"],
+                   help="backbone compute dtype (default: the one the model's features were extracted with)")
 
 
 def _add_distributed(p) -> None:
@@ -175,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a `popjax convert-weights` directory (default: random ResNet50, said so)")
     p.add_argument("--batch-size", type=int, default=0,
                    help="frames per backbone call (default 0: 32 on a CPU, 256 per device on a GPU/TPU)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone compute dtype")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                   help="backbone compute dtype (auto: bfloat16 where the hardware computes it, else float32)")
     p.add_argument("--glove", help="a glove.*.txt file (default: the packaged glove.6B 50-d vectors)")
     p.add_argument("--num-frames", type=int, default=18)
     p.add_argument("--seconds", type=float, default=6.0)
@@ -199,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="popular", choices=["popular", "unpopular"])
     p.add_argument("--normalization", default="frame", choices=["frame", "video"],
                    help="Grad-CAM maps normalised per frame (paper) or jointly over the video")
+    _add_dtype(p)
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("predict", help="score unpublished videos with a trained model -> CSV of P(popular)")
@@ -206,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="CSV or JSONL: id, video, headline (views, followers unused)")
     p.add_argument("--out", required=True, help="CSV: id, p_popular, predicted_label; bad rows in OUT.errors.jsonl")
     p.add_argument("--batch-size", type=int, default=32, help="videos per model call (and frames per backbone call)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone compute dtype")
+    _add_dtype(p)
     p.add_argument("--quiet", action="store_true")
     _add_decoder(p)
     p.set_defaults(func=_predict)

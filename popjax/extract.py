@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from popjax import files
-from popjax.backbone import Backbone
+from popjax.backbone import Backbone, resolve_dtype
 from popjax.data import dataset, manifest as manifest_lib, text as text_lib
 from popjax.data.video import VideoError, sample_frames
 from popjax.weights import WeightsError, load_backbone, save_backbone
@@ -240,7 +240,11 @@ def _new_backbone(rows, weights, seed: int, settings: Settings, backbone_kwargs)
         metadata["path"] = str(Path(weights).absolute())
         return variables, metadata
     backbone = Backbone.random(seed, residual_scale_init=DEMO_RESIDUAL_SCALE, **backbone_kwargs)
-    backbone = backbone.calibrate(_calibration_frames(rows, settings, backbone))
+    # Its features program compiles meanwhile (calibration changes no shape): the loop's first call runs at once.
+    with ThreadPoolExecutor(1, thread_name_prefix="compile") as pool:
+        ahead = pool.submit(backbone.compile)
+        backbone = backbone.calibrate(_calibration_frames(rows, settings, backbone))
+        ahead.result()
     return jax.device_get(backbone.variables), backbone.metadata
 
 
@@ -282,6 +286,7 @@ def extract(manifest_path, out, *, weights=None, batch_size: int = 0, glove: str
     process calls it with the same arguments."""
     t0 = time.time()
     batch_size = batch_size or default_batch_size()
+    dtype = resolve_dtype(dtype).name   # "auto" decided once: the fingerprint and the dataset record the choice
     out = Path(out)
     pid, nproc = jax.process_index(), jax.process_count()
     result = manifest_lib.read_manifest(manifest_path)
@@ -309,7 +314,7 @@ def extract(manifest_path, out, *, weights=None, batch_size: int = 0, glove: str
     metadata = {
         "num_frames": settings.num_frames, "seconds": settings.seconds, "feature_dim": 2048,
         "max_words": settings.max_words, "image_size": backbone.metadata["image_size"],
-        "threshold": threshold, "backbone": backbone.description, "backbone_dir": "backbone",
+        "threshold": threshold, "backbone": backbone.description, "backbone_dir": "backbone", "backbone_dtype": dtype,
         "backbone_pretrained": bool(backbone.metadata.get("pretrained")), "vocab": "vocab.json",
         "word_vectors": "word_vectors.npy", "word_vectors_source": vectors_source,
         "manifest": str(Path(manifest_path).absolute())}
@@ -450,7 +455,8 @@ def _finalize(out: Path, work: Path, manifest_path, result, shards: list[Shard],
         "splits": {s: sum(lengths[s]) for s in dataset.SPLITS},
         "popular": sum(r["popular"] for r in records), "threshold": metadata["threshold"],
         "empty_headlines": len(result.empty_headlines), "vocabulary": vocabulary,
-        "backbone": metadata["backbone"], "shards": len(shards), "dataset": str(final.parent.absolute())}
+        "backbone": metadata["backbone"], "backbone_dtype": metadata["backbone_dtype"], "shards": len(shards),
+        "dataset": str(final.parent.absolute())}
 
 
 def _throughput(work: Path, nproc: int, num_frames: int) -> dict:

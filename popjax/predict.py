@@ -17,10 +17,11 @@ from popjax.extract import featurize, video_error, write_errors
 from popjax.trained import TrainedModel
 
 
-def predict_manifest(workdir, manifest_path, out_csv, *, batch_size: int = 32, dtype="float32",
+def predict_manifest(workdir, manifest_path, out_csv, *, batch_size: int = 32, dtype=None,
                      decoder: str = "cpu", progress: bool = True) -> dict:
     """Score every good row of a manifest (views and followers not needed) into ``out_csv``
-    (id, p_popular, predicted_label); rejected rows go to ``<out>.errors.jsonl``. Returns counts."""
+    (id, p_popular, predicted_label); rejected rows go to ``<out>.errors.jsonl``. ``dtype``: the backbone's
+    (default: that of the model's features). Returns counts."""
     trained = TrainedModel.load(workdir, batch_size=batch_size, dtype=dtype, decoder=decoder)
     result = manifest_lib.read_manifest(manifest_path, require_labels=False)
     rows, video_errors = result.rows, []

@@ -53,6 +53,33 @@ def accelerator_plugins() -> list[str]:
     return sorted(set(names))
 
 
+# What /proc/cpuinfo calls bfloat16 dot-product instructions: x86 AVX512-BF16 and AMX-BF16, Arm BF16.
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def native_bfloat16(backend: str | None = None, cpuinfo="/proc/cpuinfo") -> bool:
+    """Whether ``backend`` (default: JAX's) computes bfloat16 matrix products in hardware, so that bfloat16 is
+    the fast path: a TPU, a GPU with bfloat16 tensor cores (NVIDIA compute capability 8.0 and up, ROCm), or a
+    CPU whose flags in ``cpuinfo`` list bfloat16 dot-product instructions (``CPU_BF16_FLAGS``; no such file,
+    as on macOS: False). Elsewhere XLA emulates bfloat16 and float32 is faster."""
+    backend = backend or jax.default_backend()
+    if backend == "tpu":
+        return True
+    if backend in ("gpu", "cuda", "rocm"):
+        capability = getattr(jax.devices(backend)[0], "compute_capability", None)
+        try:
+            return float(capability) >= 8.0
+        except (TypeError, ValueError):   # not reported, or not a CUDA version (ROCm's gfx names)
+            return True
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return False
+    flags = {flag for line in lines if line.split(":")[0].strip() in ("flags", "Features")
+             for flag in line.partition(":")[2].split()}
+    return bool(flags & CPU_BF16_FLAGS)
+
+
 # glibc's mallopt parameters
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 

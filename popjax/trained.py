@@ -76,10 +76,13 @@ class TrainedModel:
         self._scores = jax.jit(lambda v, b: jax.nn.softmax(model.apply(v, b))[:, 1])
 
     @classmethod
-    def load(cls, workdir, batch_size: int = 32, dtype="float32", decoder: str = "cpu") -> "TrainedModel":
+    def load(cls, workdir, batch_size: int = 32, dtype=None, decoder: str = "cpu") -> "TrainedModel":
+        """The model trained in ``workdir`` with the backbone and vocabulary of its features dataset; the
+        backbone computes in ``dtype`` (default: the dtype those features were extracted with)."""
         model, variables, info = load_model(workdir)
         features_dir = Path(info["features"])
         meta = dataset.read_metadata(features_dir)
+        dtype = dtype or meta.get("backbone_dtype", "float32")
         settings = Settings(num_frames=meta["num_frames"], seconds=meta["seconds"], max_words=meta["max_words"],
                             decoder=decoder)
         backbone = None

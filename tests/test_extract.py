@@ -224,6 +224,8 @@ def test_every_bad_row_is_reported_and_the_rest_extracted(corpus, full):
     after_first = len(corpus["good"]) - BATCH_SIZE // NUM_FRAMES
     assert t["steady_videos_per_s"] * (t["seconds"] - t["first_call_seconds"]) == pytest.approx(after_first, rel=0.05)
     assert "NOT ImageNet-pretrained" in report["backbone"]
+    # the dtype the features were computed in (extract's default), which predict and explain then use
+    assert report["backbone_dtype"] == "float32" == dataset.read_metadata(out)["backbone_dtype"]
 
 
 def test_exit_codes(corpus, tmp_path):

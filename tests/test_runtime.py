@@ -91,3 +91,20 @@ def test_cpu_settings_apply_only_when_jax_runs_on_the_cpu():
                               capture_output=True, text=True, check=False, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.split() == want, (platforms, proc.stdout)
+
+
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path):
+    """bfloat16 counts as native on a CPU whose /proc/cpuinfo lists bf16 dot instructions (x86 AVX512-BF16 or
+    AMX-BF16, Arm BF16) and on a TPU; not on a CPU without them, nor where there is no cpuinfo to read."""
+    from popjax import runtime
+
+    cases = {"flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n": False,
+             "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n": True,
+             "flags\t\t: fpu avx512f amx_bf16 amx_tile\n": True,
+             "processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16\n": True,
+             "processor\t: 0\nFeatures\t: fp asimd\n": False}
+    for k, (text, want) in enumerate(cases.items()):
+        (tmp_path / f"cpuinfo{k}").write_text(text * 2)
+        assert runtime.native_bfloat16("cpu", cpuinfo=tmp_path / f"cpuinfo{k}") is want, text
+    assert runtime.native_bfloat16("cpu", cpuinfo=tmp_path / "none") is False
+    assert runtime.native_bfloat16("tpu") is True

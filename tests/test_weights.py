@@ -1,6 +1,7 @@
 """ResNet50 weight conversion: numerical parity with Keras applications and a torchvision-named torch
 reference, both with random weights and non-trivial BatchNorm statistics, plus the error cases."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -370,7 +371,7 @@ def test_accelerator_code_path_equals_the_cpu_path(case, images, request):
     out = c["tmp"] / "converted_kernels"
     convert(fmt, src, out)
     backbones = {k: Backbone.load(out, kernels=k, batch_size=2) for k in ("cpu", "xla")}
-    convs = {k: str(jax.make_jaxpr(b._forward)(b.inference_variables, images[:1])).count("conv_general_dilated")
+    convs = {k: str(jax.make_jaxpr(b._features)(b.inference_variables, images[:1])).count("conv_general_dilated")
              for k, b in backbones.items()}
     assert convs["xla"] == 53 > convs["cpu"], convs       # every ResNet50 layer is XLA's own convolution
     cpu, xla = (backbones[k].features(images) for k in ("cpu", "xla"))
@@ -383,3 +384,65 @@ def test_unknown_kernels_fail_at_construction():
     b = Backbone.random(0)
     with pytest.raises(ValueError, match="kernels = 'gpu'"):
         Backbone(jax.device_get(b.variables), b.metadata, kernels="gpu")
+
+
+@pytest.mark.slow
+def test_dtype_auto_is_bfloat16_where_the_hardware_computes_it():
+    from popjax import runtime
+    from popjax.backbone import resolve_dtype
+
+    assert resolve_dtype("auto") == (jnp.bfloat16 if runtime.native_bfloat16() else jnp.float32)
+    assert resolve_dtype("float32") == jnp.float32 and resolve_dtype(jnp.bfloat16) == jnp.bfloat16
+    for bad in ("float16", jnp.float16):
+        with pytest.raises(ValueError, match="dtype = "):
+            resolve_dtype(bad)
+    b = Backbone.random(0, dtype="auto")
+    assert b.dtype == resolve_dtype("auto")
+
+
+CALIBRATION = """
+import jax, numpy as np
+from popjax import Backbone
+b = Backbone.random(0, residual_scale_init=0.2, batch_size=2)
+frames = np.random.default_rng(0).integers(0, 256, (4, 64, 48, 3), np.uint8)
+got = jax.device_get(b.calibrate(frames).variables["batch_stats"])
+model, variables = b.model.clone(bn_momentum=0.0), jax.device_get(b.variables)
+x = jax.device_put(b.preprocess(frames), jax.devices()[0])
+want = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[1])(variables, x)["batch_stats"]
+errors = [float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
+print(b.mesh.size, len(errors), max(errors))
+"""
+
+
+@pytest.mark.slow
+def test_calibration_split_over_devices_has_the_statistics_of_all_frames():
+    """``calibrate`` splits its train-mode pass over the devices (here 2); its BatchNorm statistics are those of
+    one unsplit pass over all the frames on one device (flax's BatchNorm), layer by layer."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run([sys.executable, "-c", CALIBRATION], env=env, capture_output=True, text=True,
+                          check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    devices, layers, error = proc.stdout.split()
+    assert (int(devices), int(layers)) == (2, 2 * 53) and float(error) < 1e-4, proc.stdout
+
+
+@pytest.mark.slow
+def test_a_compiled_backbone_runs_its_first_call_without_compiling():
+    """``compile`` builds the full-batch program that every backbone of the same model, batch and devices
+    then calls (as ``popjax extract`` does: compiled while calibrating, called by the backbone it saved)."""
+    events = []
+
+    def listen(name, secs, **kwargs):
+        events.append(name)
+
+    b = Backbone.random(3, batch_size=2, buckets=()).compile()
+    loaded = Backbone(jax.device_get(b.variables), b.metadata, batch_size=2, buckets=())
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        loaded.features(np.zeros((2, 224, 224, 3), np.uint8))
+        assert not [e for e in events if e.startswith("/jax/core/compile/")], events
+        other = Backbone(jax.device_get(b.variables), b.metadata, batch_size=4, buckets=())   # not compiled: it does
+        other.features(np.zeros((4, 224, 224, 3), np.uint8))
+        assert [e for e in events if e.startswith("/jax/core/compile/")], events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)

@@ -193,8 +193,14 @@ def winograd_kernels(model: nn.Module, variables, image_size: int = 224):
     """``{"winograd": ...}``: every Winograd layer's U = G g G^T, for ``model.apply({**variables, **this}, x)``
     on images of ``image_size``, so that inference does not transform the kernels on every call. Only the
     kernel transforms run: XLA drops the rest of the forward pass whose output this discards."""
+    return _winograd_program(model, image_size)(variables)
+
+
+@functools.lru_cache(maxsize=None)
+def _winograd_program(model: nn.Module, image_size: int):
+    """``winograd_kernels``' compiled program, one per model and image size."""
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return jax.jit(lambda v: model.apply(v, x, mutable=["winograd"])[1])(variables)
+    return jax.jit(lambda v: model.apply(v, x, mutable=["winograd"])[1])
 
 
 def conv(features, kernel_size, strides=(1, 1), padding=((0, 0), (0, 0)), *, precision=None, name=None, **kwargs):
