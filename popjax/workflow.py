@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from popjax import experiment
+from popjax.backbone import DTYPES
 
 
 def run(config, workdir) -> dict:
@@ -66,6 +67,8 @@ def demo(config, workdir) -> dict:
     with planned.unlocked():
         planned.data.features = str(W / "features")
     experiment.check_config(planned)
+    if d.dtype not in DTYPES:
+        raise experiment.ConfigError(f"config.demo.dtype = {d.dtype!r}: expected one of {DTYPES}")
     manifest = stage("corpus", lambda: write_corpus(W / "demo", d.num_videos, d.seed))
     report = stage("features", lambda: _features(manifest, W / "features", d, config.progress))
     with config.unlocked():
