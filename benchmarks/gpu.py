@@ -116,7 +116,7 @@ def decode(args) -> dict:
     """videos/s, CPU (a worker per core, one ffmpeg thread each) and NVDEC, and NVDEC's frames vs the CPU's."""
     import decode as dec
     from popjax.data.video import sample_frames
-    from popjax.extract import usable_cores
+    from popjax.runtime import usable_cores
 
     cores = usable_cores()   # as popjax extract counts its workers
     rows, agreement = [], {}

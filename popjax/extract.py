@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from popjax import files
+from popjax.runtime import usable_cores
 from popjax.backbone import Backbone, resolve_dtype
 from popjax.data import dataset, manifest as manifest_lib, text as text_lib
 from popjax.data.video import VideoError, sample_frames
@@ -65,6 +66,7 @@ class Settings:
     num_frames: int = 18       # N (paper)
     seconds: float = 6.0       # the first 6 s (paper)
     max_words: int = 32
+    image_size: int = 0        # frames' side at the backbone's input, pixels; 0 = the backbone's own (224)
     workers: int = 0           # decoding threads; 0 = one per usable core
     decoder: str = "cpu"       # "cpu" or "cuda" (NVDEC; "auto" is resolved by the command line)
     video_timeout: float = 120.0   # seconds one video may take to decode before it is reported as a timeout
@@ -120,15 +122,6 @@ def default_batch_size() -> int:
 def frames_per_call(batch_size: int, num_frames: int) -> int:
     """A backbone batch that holds whole videos (``batch_size`` frames, rounded to a multiple of N)."""
     return max(1, round(batch_size / num_frames)) * num_frames
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a container's or a scheduler's share, not the
-    machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # no sched_getaffinity (macOS)
-        return os.cpu_count() or 1
 
 
 def featurize(rows: Iterable[manifest_lib.Row], backbone: Backbone, settings: Settings = Settings()
@@ -238,8 +231,10 @@ def _new_backbone(rows, weights, seed: int, settings: Settings, backbone_kwargs)
     if weights:
         variables, metadata = load_backbone(weights)
         metadata["path"] = str(Path(weights).absolute())
+        metadata["image_size"] = settings.image_size or metadata["image_size"]
         return variables, metadata
-    backbone = Backbone.random(seed, residual_scale_init=DEMO_RESIDUAL_SCALE, **backbone_kwargs)
+    backbone = Backbone.random(seed, residual_scale_init=DEMO_RESIDUAL_SCALE, image_size=settings.image_size or 224,
+                               **backbone_kwargs)
     # Its features program compiles meanwhile (calibration changes no shape): the loop's first call runs at once.
     with ThreadPoolExecutor(1, thread_name_prefix="compile") as pool:
         ahead = pool.submit(backbone.compile)

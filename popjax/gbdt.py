@@ -21,7 +21,7 @@ from typing import Mapping
 
 import numpy as np
 
-from popjax import metrics
+from popjax import metrics, runtime
 
 
 def video_inputs(split: Mapping[str, np.ndarray], word_vectors: np.ndarray | None) -> np.ndarray:
@@ -64,18 +64,28 @@ def fit_predict(x_train, y_train, evaluate: Mapping[str, np.ndarray], params: Ma
     return {name: model.predict_proba(x)[:, 1] for name, x in evaluate.items()}
 
 
-def fit(splits: Mapping[str, Mapping[str, np.ndarray]], word_vectors, trials) -> list[dict]:
+def fit(splits: Mapping[str, Mapping[str, np.ndarray]], word_vectors, trials, workers: int = 0) -> list[dict]:
     """Each trial (``config.gbdt`` settings plus ``seed``) fitted on train; per trial ``{"val", "test"}``
-    metrics and ``"p_test"``, P(popular) of the test videos."""
+    metrics and ``"p_test"``, P(popular) of the test videos.
+
+    The trials are fitted ``workers`` at a time (0: one per usable core), each on one OpenMP thread: a few
+    hundred videos give one fit too little work to share between threads, and a one-thread fit's result does
+    not depend on the machine's core count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
     x = {name: video_inputs(split, word_vectors) for name, split in splits.items()}
     x["train"], x["val"], x["test"] = standardize(x["train"], x["val"], x["test"])
-    results = []
-    for trial in trials:
+
+    def one(trial):
         params = {k: v for k, v in trial.items() if k != "seed"}
         p = fit_predict(x["train"], splits["train"]["label"], {"val": x["val"], "test": x["test"]}, params,
                         trial["seed"])
-        results.append({
-            "val": metrics.evaluate(p["val"], splits["val"]["label"], splits["val"]["normalized_views"]),
-            "test": metrics.evaluate(p["test"], splits["test"]["label"], splits["test"]["normalized_views"]),
-            "p_test": p["test"]})
-    return results
+        return {"val": metrics.evaluate(p["val"], splits["val"]["label"], splits["val"]["normalized_views"]),
+                "test": metrics.evaluate(p["test"], splits["test"]["label"], splits["test"]["normalized_views"]),
+                "p_test": p["test"]}
+
+    workers = workers or runtime.usable_cores()
+    with threadpool_limits(1), ThreadPoolExecutor(max(1, min(workers, len(trials)))) as pool:
+        return list(pool.map(one, trials))

@@ -28,6 +28,15 @@ def configure(retain_memory: bool = False) -> dict:
     return {"cpu": cpu, "retained_memory": retained, "cache": enable_compilation_cache()}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or a scheduler's share, not the
+    machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
 def runs_on_cpu() -> bool:
     """Whether JAX will run on the CPU, decided before its backends start (which fixes the CPU device count):
     the first of ``JAX_PLATFORMS`` (``jax_platforms``) when set, else whether no accelerator plugin (CUDA, ROCm,

@@ -46,6 +46,19 @@ def test_fit_equals_scikit_learn_on_the_standardised_inputs(features):
     assert result["test"]["accuracy"] > 0.6
 
 
+def test_trials_fitted_side_by_side_equal_each_fitted_alone(features):
+    data = experiment.load_data(features, "multimodal")
+    splits, vectors = data["splits"], data["constants"]["headline_encoder"]["word_vectors"]
+    trials = [{"learning_rate": lr, "max_iter": it, "max_leaf_nodes": 7, "max_features": 0.5, "max_bins": 32,
+               "seed": seed} for lr, it, seed in ((0.1, 20, 0), (0.3, 10, 1), (0.05, 30, 2), (0.2, 15, 3))]
+    together = gbdt.fit(splits, vectors, trials, workers=2)
+    for trial, got in zip(trials, together):
+        (alone,) = gbdt.fit(splits, vectors, [trial], workers=1)
+        np.testing.assert_array_equal(got["p_test"], alone["p_test"])
+        assert got["val"] == alone["val"] and got["test"] == alone["test"]
+    assert len({tuple(r["p_test"]) for r in together}) == len(trials)   # in the trials' order, not one repeated
+
+
 def test_gbdt_run_searches_seeds_and_writes_metrics_and_predictions(features, tmp_path):
     config = load_config("gbdt", features, **{"search.num_trials": 3, "train.num_seeds": 2, "gbdt.max_iter": 20,
                                               "gbdt.max_bins": 32, "gbdt_space.max_iter": ("choice", 10, 20)})
