@@ -112,6 +112,7 @@ def get_config():
     config.demo.seed = 0  # draws the corpus
     config.demo.weights = ""  # a `popjax convert-weights` directory; empty: a random ResNet50
     config.demo.batch_size = 32  # frames per backbone call
+    config.demo.image_size = 0  # frames' side at the backbone's input, pixels (0: the backbone's own, 224)
     # The backbone's computation: float32 | bfloat16 | auto (bfloat16 where the hardware computes it, else float32).
     config.demo.dtype = "auto"
     config.demo.explain_examples = 3  # test videos explained as figures

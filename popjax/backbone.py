@@ -142,19 +142,23 @@ class Backbone:
 
     @classmethod
     def random(cls, seed: int = 0, *, variant: str = "v1.5", residual_scale_init: float = 1.0,
-               **kwargs) -> "Backbone":
+               image_size: int = 224, **kwargs) -> "Backbone":
         """A randomly initialised ResNet50 (He init); NOT ImageNet-pretrained.
 
         ``residual_scale_init`` is the initial gamma of each block's last BatchNorm. At 0 every residual branch
         outputs 0 and the network sees only ~11-pixel patches; at 1 a random network mixes local evidence away;
-        the demo's small value keeps a planted cue learnable while seeing the whole frame.
+        the demo's small value keeps a planted cue learnable while seeing the whole frame. ``image_size``: the
+        side its frames are resized to (the same weights at every size: the network is fully convolutional up
+        to its global pooling; the last feature map is ``ceil(image_size / 32)`` cells wide).
         """
+        if not isinstance(image_size, int) or image_size < 32:
+            raise ValueError(f"image_size must be an integer of at least 32 pixels, got {image_size!r}")
         model = resnet50(kwargs.get("kernels", "auto"), variant=variant, residual_scale_init=residual_scale_init)
         mesh = kwargs["mesh"] if kwargs.get("mesh") is not None else parallel.local_mesh()
         init = jax.jit(model.init, compiler_options=_one_shot_options(mesh))
-        variables = init(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))
+        variables = init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
         metadata = {"format_version": FORMAT_VERSION, "arch": "resnet50", "variant": variant, "num_classes": 0,
-                    "image_size": 224,
+                    "image_size": image_size,
                     "preprocessing": PREPROCESSING["torch"], "pretrained": False,
                     "source": {"format": "random", "seed": seed, "residual_scale_init": residual_scale_init}}
         return cls(variables, metadata, **kwargs)

@@ -49,7 +49,8 @@ def _extract(args) -> int:
     from popjax.weights import WeightsError
 
     settings = Settings(num_frames=args.num_frames, seconds=args.seconds, max_words=args.max_words,
-                        workers=args.workers, shard_videos=args.shard_videos, decoder=resolve_decoder(args.decoder))
+                        image_size=args.image_size, workers=args.workers, shard_videos=args.shard_videos,
+                        decoder=resolve_decoder(args.decoder))
     try:
         report = extract(args.manifest, args.out, weights=args.weights, batch_size=args.batch_size,
                          glove=args.glove, settings=settings, seed=args.seed, dtype=args.dtype,
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, default=18)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--max-words", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=0,
+                   help="frames' side at the backbone's input, pixels (default 0: the backbone's own, 224)")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per usable core)")
     _add_decoder(p)
     p.add_argument("--shard-videos", type=int, default=64,
@@ -249,6 +252,8 @@ def main(argv=None) -> int:
         _check_distributed(parser, args)
         if args.shard_videos < 1:
             parser.error(f"--shard-videos must be >= 1, got {args.shard_videos}")
+        if args.image_size and not 32 <= args.image_size <= 4096:
+            parser.error(f"--image-size = {args.image_size}: expected 0 (the backbone's own) or 32 .. 4096")
     from popjax import parallel, runtime
 
     runtime.configure(retain_memory=True)   # one CPU device per core, compilation cache, memory kept

@@ -69,6 +69,9 @@ def demo(config, workdir) -> dict:
     experiment.check_config(planned)
     if d.dtype not in DTYPES:
         raise experiment.ConfigError(f"config.demo.dtype = {d.dtype!r}: expected one of {DTYPES}")
+    if not isinstance(d.image_size, int) or (d.image_size and not 32 <= d.image_size <= 4096):
+        raise experiment.ConfigError(f"config.demo.image_size = {d.image_size!r}: expected 0 (the backbone's own) "
+                                     "or 32 .. 4096 pixels")
     manifest = stage("corpus", lambda: write_corpus(W / "demo", d.num_videos, d.seed))
     report = stage("features", lambda: _features(manifest, W / "features", d, config.progress))
     with config.unlocked():
@@ -114,13 +117,13 @@ def _features(manifest: Path, out: Path, d, progress: bool) -> dict:
     compile-heavy training stage runs faster without. In a multi-process run, in this process (all join)."""
     import jax
 
-    from popjax.extract import ExtractError, extract
+    from popjax.extract import ExtractError, Settings, extract
 
     if jax.process_count() > 1:
         return extract(manifest, out, weights=d.weights or None, batch_size=d.batch_size, progress=progress,
-                       dtype=d.dtype)
+                       dtype=d.dtype, settings=Settings(image_size=d.image_size))
     cmd = [sys.executable, "-m", "popjax.cli", "extract", "--manifest", str(manifest), "--out", str(out),
-           "--batch-size", str(d.batch_size), "--dtype", d.dtype,
+           "--batch-size", str(d.batch_size), "--dtype", d.dtype, "--image-size", str(d.image_size),
            *(["--weights", str(d.weights)] if d.weights else []),
            *([] if progress else ["--quiet"])]
     code = subprocess.run(cmd, check=False).returncode

@@ -235,3 +235,20 @@ def test_explain_cli_and_one_device_reproduce_the_demo_explanation(demo, tmp_pat
     np.testing.assert_allclose(explanation["score"], ref_score, atol=1e-5)
     np.testing.assert_allclose([f["attention"] for f in explanation["frames"]], ref_alpha, atol=1e-5)
     np.testing.assert_allclose([f["heatmap"] for f in explanation["frames"]], ref_heat, atol=1e-3)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dtype", "float16", "config.demo.dtype = 'float16': expected one of"),
+    ("image_size", 16, "config.demo.image_size = 16: expected 0 (the backbone's own) or 32 .. 4096 pixels"),
+])
+def test_bad_demo_settings_fail_before_the_corpus_is_written(tmp_path, field, value, message):
+    from configs import demo as demo_config
+    from popjax import workflow
+    from popjax.experiment import ConfigError
+
+    config = demo_config.get_config()
+    config.demo[field] = value
+    with pytest.raises(ConfigError) as raised:
+        workflow.demo(config, tmp_path / "run")
+    assert message in str(raised.value)
+    assert not (tmp_path / "run" / "demo").exists()

@@ -427,6 +427,41 @@ def test_features_are_the_saved_backbone_on_sampled_frames(corpus, full):
             id_, float(np.abs(stored.astype(np.float32) - expected.astype(np.float32)).max()))
 
 
+def test_image_size_is_the_backbones_input_side(corpus, full, tmp_path):
+    """``--image-size``: frames resized to it, the random backbone's same weights at that size (recorded in the
+    dataset and the saved backbone); a value the network cannot take is one clear line and exit 2."""
+    import jax
+
+    from popjax.backbone import Backbone
+    from popjax.weights import load_backbone
+
+    root = corpus["root"]
+    _write_csv(root / "two.csv", [["id", "video", "headline", "views", "followers"]] +
+               [[i, *corpus["good"][i]] for i in ("clip00", "clip01")])
+    out = tmp_path / "small"
+    proc = _cli(*_extract_args(root / "two.csv", out), "--image-size", "64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert dataset.read_metadata(out)["image_size"] == 64
+    small, meta = load_backbone(out / "backbone")
+    assert meta["image_size"] == 64
+    default, default_meta = load_backbone(full["out"] / "backbone")
+    assert default_meta["image_size"] == 224
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), small["params"], default["params"])
+    assert all(jax.tree.leaves(same))   # the same random weights; only the BN statistics are calibrated at 64 px
+    backbone = Backbone.load(out / "backbone", batch_size=BATCH_SIZE, buckets=())
+    examples = _all_examples(out)
+    for id_ in ("clip00", "clip01"):
+        split = assign_split(id_)
+        k = list(examples[split]["id"]).index(id_)
+        frames = sample_frames(root / corpus["good"][id_][0], NUM_FRAMES, size=64).frames
+        assert frames.shape[1:3] == (64, 64)
+        assert examples[split]["features"][k].tobytes() == backbone.features(frames).astype(np.float16).tobytes()
+
+    proc = _cli(*_extract_args(root / "two.csv", tmp_path / "tiny"), "--image-size", "16")
+    assert proc.returncode == 2 and "--image-size = 16" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "tiny").exists()
+
+
 # ------------------------------------------------------------------------------------ two processes
 # ``popjax extract`` as 2 processes on loopback (jax.distributed + gloo), one shared output directory, as on two
 # hosts. Each process has the same local devices as the 1-process run (one CPU device per core), so every

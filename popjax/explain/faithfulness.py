@@ -2,7 +2,7 @@
 
 * ``pointing_game``: over frames that show the planted object, the fraction whose heatmap maximum
   (upsampled with the network's geometry) falls inside the object's box, with the usual 15-pixel
-  tolerance of the pointing game (Zhang et al., 2016);
+  tolerance of the pointing game at 224 x 224 (Zhang et al., 2016), scaled with the backbone's input size;
 * ``frame_attention_hit``: over videos with the visual cue, the fraction whose highest-alpha frame shows it;
 * ``word_attention_hit``: over videos with a cue word, the fraction whose highest-weight word is a cue word;
 * deletion: over videos with the visual cue, mean P(popular) after greying out, in every frame, the
@@ -21,7 +21,7 @@ from popjax.data.video import VideoError
 from popjax.explain import render
 from popjax.explain.explanation import Explainer
 
-POINTING_TOLERANCE = 15  # pixels at 224 x 224
+POINTING_TOLERANCE = 15  # pixels at 224 x 224 (``in_box`` scales it with the input size)
 
 
 def read_truth(path) -> dict[str, dict]:
@@ -36,8 +36,15 @@ def cue_at(record: dict, t: float) -> list | None:
     return None
 
 
-def in_box(xy, box, size: int, tolerance: float = POINTING_TOLERANCE) -> bool:
+def pointing_tolerance(size: int) -> float:
+    """The pointing game's tolerance in pixels of a ``size`` x ``size`` input: 15 at 224, the same fraction of
+    the frame at other sizes."""
+    return POINTING_TOLERANCE * size / 224
+
+
+def in_box(xy, box, size: int, tolerance: float | None = None) -> bool:
     x, y = xy
+    tolerance = pointing_tolerance(size) if tolerance is None else tolerance
     x0, y0, x1, y1 = (v * size for v in box)
     return x0 - tolerance <= x <= x1 + tolerance and y0 - tolerance <= y <= y1 + tolerance
 
@@ -141,5 +148,5 @@ def evaluate(explainer: Explainer, manifest_path, truth_path, split: str = "test
             "counts": {"cue_frames": len(pointing), "visual_cue_videos": len(frame_hits),
                        "cue_word_videos": len(word_hits)},
             "settings": {"split": split, "cells": cells, "random_draws": random_draws,
-                         "pointing_tolerance_px": POINTING_TOLERANCE, "target": explainer.target},
+                         "pointing_tolerance_px": pointing_tolerance(size), "target": explainer.target},
             "backbone": trained.backbone.description}
