@@ -39,10 +39,10 @@ import jax
 import numpy as np
 
 from popjax import files
-from popjax.runtime import usable_cores
 from popjax.backbone import Backbone, resolve_dtype
 from popjax.data import dataset, manifest as manifest_lib, text as text_lib
 from popjax.data.video import VideoError, sample_frames
+from popjax.runtime import usable_cores
 from popjax.weights import WeightsError, load_backbone, save_backbone
 
 # The random demo backbone's initial residual scale: small enough that the random network's features keep
