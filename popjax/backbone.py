@@ -21,6 +21,7 @@ from popjax.weights import FORMAT_VERSION, PREPROCESSING, load_backbone
 
 KERNELS = ("auto", "cpu", "xla")
 DTYPES = ("float32", "bfloat16", "auto")
+IMAGE_SIZES = (32, 4096)   # the input sides a backbone takes, pixels (at 32 its last feature map is one cell)
 
 
 def resolve_dtype(dtype="float32") -> jnp.dtype:
@@ -36,6 +37,14 @@ def resolve_dtype(dtype="float32") -> jnp.dtype:
     if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
         raise ValueError(f"dtype = {dtype}: expected float32 or bfloat16")
     return dtype
+
+
+def image_size_problem(image_size) -> str | None:
+    """What is wrong with an input side setting (0: the backbone's own), or None."""
+    low, high = IMAGE_SIZES
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or (image_size and not low <= image_size <= high):
+        return f"expected 0 (the backbone's own) or {low} .. {high} pixels"
+    return None
 
 
 def cpu_kernels(kernels: str = "auto") -> bool:
@@ -151,8 +160,8 @@ class Backbone:
         side its frames are resized to (the same weights at every size: the network is fully convolutional up
         to its global pooling; the last feature map is ``ceil(image_size / 32)`` cells wide).
         """
-        if not isinstance(image_size, int) or image_size < 32:
-            raise ValueError(f"image_size must be an integer of at least 32 pixels, got {image_size!r}")
+        if not image_size or image_size_problem(image_size):
+            raise ValueError(f"image_size = {image_size!r}: expected {IMAGE_SIZES[0]} .. {IMAGE_SIZES[1]} pixels")
         model = resnet50(kwargs.get("kernels", "auto"), variant=variant, residual_scale_init=residual_scale_init)
         mesh = kwargs["mesh"] if kwargs.get("mesh") is not None else parallel.local_mesh()
         init = jax.jit(model.init, compiler_options=_one_shot_options(mesh))

@@ -252,8 +252,10 @@ def main(argv=None) -> int:
         _check_distributed(parser, args)
         if args.shard_videos < 1:
             parser.error(f"--shard-videos must be >= 1, got {args.shard_videos}")
-        if args.image_size and not 32 <= args.image_size <= 4096:
-            parser.error(f"--image-size = {args.image_size}: expected 0 (the backbone's own) or 32 .. 4096")
+        from popjax.backbone import image_size_problem
+
+        if image_size_problem(args.image_size):
+            parser.error(f"--image-size = {args.image_size}: {image_size_problem(args.image_size)}")
     from popjax import parallel, runtime
 
     runtime.configure(retain_memory=True)   # one CPU device per core, compilation cache, memory kept

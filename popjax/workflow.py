@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from popjax import experiment
-from popjax.backbone import DTYPES
+from popjax.backbone import DTYPES, image_size_problem
 
 
 def run(config, workdir) -> dict:
@@ -69,9 +69,8 @@ def demo(config, workdir) -> dict:
     experiment.check_config(planned)
     if d.dtype not in DTYPES:
         raise experiment.ConfigError(f"config.demo.dtype = {d.dtype!r}: expected one of {DTYPES}")
-    if not isinstance(d.image_size, int) or (d.image_size and not 32 <= d.image_size <= 4096):
-        raise experiment.ConfigError(f"config.demo.image_size = {d.image_size!r}: expected 0 (the backbone's own) "
-                                     "or 32 .. 4096 pixels")
+    if image_size_problem(d.image_size):
+        raise experiment.ConfigError(f"config.demo.image_size = {d.image_size!r}: {image_size_problem(d.image_size)}")
     manifest = stage("corpus", lambda: write_corpus(W / "demo", d.num_videos, d.seed))
     report = stage("features", lambda: _features(manifest, W / "features", d, config.progress))
     with config.unlocked():
