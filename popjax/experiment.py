@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
@@ -334,9 +335,9 @@ def table1(config, workdir) -> dict:
     if unknown:  # before training anything
         raise ConfigError(f"config.table1.variants: unknown Table-1 row(s) {unknown}; expected some of "
                           f"{list(rows_cfg)}")
-    rows, cells = [], []
+    subs = {}
     for name in variants:
-        sub = config.copy_and_resolve_references()
+        sub = subs[name] = config.copy_and_resolve_references()
         with sub.unlocked():
             sub.model.update(rows_cfg[name].model)
             sub.learner = rows_cfg[name].get("learner", "neural")
@@ -344,7 +345,17 @@ def table1(config, workdir) -> dict:
                 video, headline = rows_cfg[name].encoders
                 sub.multimodal.video_workdir = str(workdir / video) if video in variants else ""
                 sub.multimodal.headline_workdir = str(workdir / headline) if headline in variants else ""
-        result = _cached_metrics(workdir / name) or train_and_evaluate(sub, workdir / name)
+    with ThreadPoolExecutor(1) as host:
+        # The boosted-trees rows run on the host's cores, in a thread, while the neural rows train (no row
+        # reads another's results but the multimodal ones; trees call no collectives).
+        pending = {name: host.submit(train_and_evaluate, sub, workdir / name) for name, sub in subs.items()
+                   if sub.learner == "gbdt" and not _cached_metrics(workdir / name)}
+        results = {name: _cached_metrics(workdir / name) or train_and_evaluate(sub, workdir / name)
+                   for name, sub in subs.items() if name not in pending}
+        results.update({name: future.result() for name, future in pending.items()})
+    rows, cells = [], []
+    for name in variants:
+        result, sub = results[name], subs[name]
         s = result["seeds"]
         rows.append({"variant": name, "accuracy": s["test_accuracy_mean"], "accuracy_std": s["test_accuracy_std"],
                      "spearman": s["test_spearman_mean"], "spearman_std": s["test_spearman_std"],
