@@ -113,6 +113,18 @@ def test_table1_rows_and_metrics(demo):
         assert abs(row["accuracy"] * len(labels) - round(row["accuracy"] * len(labels))) < 1e-9, v
 
 
+def test_gbdt_row_fitted_beside_the_neural_rows_equals_a_fit_alone(demo):
+    # table1 fits the boosted trees in a host thread while the neural rows train: the same predictions.
+    W, _ = demo
+    from popjax import experiment, gbdt
+
+    m = json.loads((W / "gbdt" / "metrics.json").read_text())
+    data = experiment.load_data(W / "features", "multimodal")
+    [alone] = gbdt.fit(data["splits"], data["constants"]["headline_encoder"]["word_vectors"], [m["hparams"]])
+    assert np.array_equal(np.load(W / "gbdt" / "test_predictions.npy", allow_pickle=False)[0], alone["p_test"])
+    assert alone["test"] == m["test"]
+
+
 def test_faithfulness_beats_chance(demo):
     W, stdout = demo
     from popjax.data import dataset
