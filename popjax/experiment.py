@@ -348,10 +348,11 @@ def table1(config, workdir) -> dict:
     with ThreadPoolExecutor(1) as host:
         # The boosted-trees rows run on the host's cores, in a thread, while the neural rows train (no row
         # reads another's results but the multimodal ones; trees call no collectives).
+        results = {name: _cached_metrics(workdir / name) for name in subs}   # rows a previous run finished
         pending = {name: host.submit(train_and_evaluate, sub, workdir / name) for name, sub in subs.items()
-                   if sub.learner == "gbdt" and not _cached_metrics(workdir / name)}
-        results = {name: _cached_metrics(workdir / name) or train_and_evaluate(sub, workdir / name)
-                   for name, sub in subs.items() if name not in pending}
+                   if sub.learner == "gbdt" and not results[name]}
+        results.update({name: results[name] or train_and_evaluate(sub, workdir / name)
+                        for name, sub in subs.items() if name not in pending})
         results.update({name: future.result() for name, future in pending.items()})
     rows, cells = [], []
     for name in variants:
